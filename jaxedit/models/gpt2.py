@@ -1,0 +1,92 @@
+"""GPT-2 causal LM as `flax.nnx` modules with Hugging Face attribute names.
+
+Learned positions, pre-LayerNorm blocks, fused `c_attn` (q|k|v along the output axis), `gelu_new` MLP and
+a head tied to `wte`. HF's `Conv1D.weight` is already `[in, out]`, so kernels here equal the checkpoint
+tensors with no transpose; `transformer.h.17.mlp.c_proj.weight` is
+`('transformer', 'h', 17, 'mlp', 'c_proj', 'kernel')`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxedit.models import base
+from jaxedit.models.config import ModelConfig
+from jaxedit.models.layers import Dense, Embedding, LayerNorm, attend, attention_bias, gelu_new
+
+Array = jax.Array
+
+
+class GPT2Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.c_attn = Dense(d, 3 * d, use_bias=True, dtype=dtype, rngs=rngs)
+        self.c_proj = Dense(d, d, use_bias=True, dtype=dtype, rngs=rngs)
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+
+    def __call__(self, x: Array, ctx: dict) -> Array:
+        b, t, d = x.shape
+        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+        shape = (b, t, self.num_heads, self.head_dim)
+        out = attend(q.reshape(shape), k.reshape(shape), v.reshape(shape), ctx["bias"])
+        return self.c_proj(out.reshape(b, t, d))
+
+
+class GPT2MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        self.c_fc = Dense(cfg.hidden_size, cfg.intermediate_size, use_bias=True, dtype=dtype, rngs=rngs)
+        self.c_proj = Dense(cfg.intermediate_size, cfg.hidden_size, use_bias=True, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> tuple[Array, Array]:
+        keys = gelu_new(self.c_fc(x))  # MEMIT's k: input of c_proj
+        return self.c_proj(keys), keys
+
+
+class GPT2Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        self.ln_1 = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype)
+        self.attn = GPT2Attention(cfg, dtype=dtype, rngs=rngs)
+        self.ln_2 = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype)
+        self.mlp = GPT2MLP(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, h: Array, ctx: dict) -> tuple[Array, Array]:
+        h = h + self.attn(self.ln_1(h), ctx)
+        out, keys = self.mlp(self.ln_2(h))
+        return h + out, keys
+
+
+class GPT2Model(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        self.wte = Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
+        self.wpe = Embedding(cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype, rngs=rngs)
+        self.h = nnx.List([GPT2Block(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.ln_f = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype)
+
+
+class GPT2LMHeadModel(base.CausalLM):
+    """GPT-2 causal LM; `transformer.*` mirrors the HF module tree, the head is `wte.attend`."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        if cfg.family != "gpt2":
+            raise ValueError(f"GPT2LMHeadModel needs a gpt2 config, got family={cfg.family!r}")
+        self.config = cfg
+        self.num_layers = cfg.num_layers
+        self.transformer = GPT2Model(cfg, dtype=dtype, rngs=rngs)
+
+    def embed(self, input_ids: Array, positions: Array) -> Array:
+        return self.transformer.wte(input_ids) + self.transformer.wpe(positions)
+
+    def context(self, positions: Array, mask: Array) -> dict:
+        del positions
+        return {"bias": attention_bias(mask)}
+
+    def block(self, i: int, h: Array, ctx: dict) -> tuple[Array, Array]:
+        return self.transformer.h[i](h, ctx)
+
+    def final_norm(self, h: Array) -> Array:
+        return self.transformer.ln_f(h)
+
+    def unembed(self, h: Array) -> Array:
+        return self.transformer.wte.attend(h)

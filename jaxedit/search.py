@@ -1,0 +1,280 @@
+"""Target-activation search (SPEC §2): every request of a batch in one jitted `lax.while_loop`.
+
+For request j the search finds δ_j so that z_j = h₀_j + δ_j, written into the residual stream after block
+`z_layer` at the subject's last token, makes the model predict the new target in every context:
+
+    L_j(δ) = NLL_j + kl_factor · KL(q_cur ‖ q₀) + weight_decay · ‖δ‖ / ‖h₀‖²        (§2.5, quirk Q1)
+
+NLL_j is the mean over the rewriting prompts (context templates × the prompt, teacher-forced with the
+target minus its last token) of the per-prompt mean token NLL; the KL term is at the subject's last token
+of "{subject} is a". Per iteration, in the reference order (§2.6):
+
+    1. forward/loss;  2. MPES: if every target position of the MPES prompts is argmax, count += 1, stop
+    at count == patience (cumulative, quirk Q3), or the probability rule;  3. stop if L < 5e-2;
+    4. stop at the last iteration (so at most num_steps - 1 Adam steps, Q4);  5. Adam step;
+    6. project δ onto ‖δ‖ ≤ clamp·‖h₀‖.
+
+Batching. The rows of all requests (n_templates + 1 each, r-major) go through the model together. The
+losses of different requests are independent and Adam is elementwise, so freezing the updates of stopped
+requests reproduces request-by-request runs; the loop ends when every request has stopped.
+
+Doing less work than the reference: blocks 0..z_layer do not depend on δ, so their output is computed
+once and each iteration re-runs only blocks z_layer+1..; logits are computed only at the target positions
+and the KL position, not for the whole sequence; the gradient is taken with respect to δ only (no
+weight gradients).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxedit.config import SearchConfig
+from jaxedit.lm import bucket
+from jaxedit.models import Probe
+from jaxedit.requests import EditRequest, subject_last_index
+
+Array = jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SearchBatch:
+    """Device arrays for the search; r requests × g prompts (g = rewriting prompts + 1 KL prompt).
+
+    Attributes:
+      input_ids, mask: `[r, g, t]` right-padded prompts.
+      lookup: `[r, g]` subject-last token of each prompt (δ is added there).
+      target_pos: `[r, g, p]` positions whose logits predict the target tokens (KL row: its lookup).
+      target_ids: `[r, g, p]` target token ids.
+      target_mask: `[r, g, p]` 1 at real target positions of rewriting prompts.
+      valid: `[r]` False for padding requests (they start stopped).
+    """
+
+    input_ids: Array
+    mask: Array
+    lookup: Array
+    target_pos: Array
+    target_ids: Array
+    target_mask: Array
+    valid: Array
+
+    @property
+    def num_requests(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """What the search returns (all `[r]`-leading arrays; history `[num_steps, r]`, NaN after the stop).
+
+    `stop_steps[j]` is the number of Adam steps applied to request j (= the iteration at which it stopped),
+    `target_prob[j]` the mean target probability over its rewriting prompts at that iteration.
+    """
+
+    targets: Array  # z = h0 + delta, [r, d]
+    target_init: Array  # h0, [r, d]
+    delta: Array
+    stop_steps: Array
+    target_prob: Array
+    loss: Array  # final loss, [r]
+    history: dict[str, Array]
+
+
+def target_token_ids(tokenizer, target: str) -> list[int]:
+    """Token ids of " " + target, dropping a leading BOS/UNK (SPEC §2.3)."""
+    ids = list(tokenizer(target if target.startswith(" ") else " " + target)["input_ids"])
+    special = {tokenizer.bos_token_id, tokenizer.unk_token_id} - {None}
+    if ids and ids[0] in special:
+        ids = ids[1:]
+    if not ids:
+        raise ValueError(f"target {target!r} tokenizes to nothing")
+    return ids
+
+
+def flatten_templates(templates: Sequence[Sequence[str]]) -> list[str]:
+    return [t for group in templates for t in group]
+
+
+def build_search_batch(
+    tokenizer,
+    requests: Sequence[EditRequest],
+    templates: Sequence[Sequence[str]],
+    *,
+    pad_requests_to: int | None = None,
+    max_length: int | None = None,
+) -> tuple[SearchBatch, list[dict]]:
+    """Tokenizes the rewriting and KL prompts of every request (host side, numpy).
+
+    Returns the batch and, per request, a record of the prompts, lookup indices and target ids (for run
+    logs and fixture comparisons).
+    """
+    contexts = flatten_templates(templates)
+    rows, infos = [], []
+    for req in requests:
+        target = target_token_ids(tokenizer, req.target_new)
+        prefix_text = tokenizer.decode(target[:-1])
+        templates_j = [c.replace("{}", req.prompt, 1) + prefix_text for c in contexts] + ["{} is a"]
+        texts = [t.replace("{}", req.subject, 1) for t in templates_j]
+        ids = [list(tokenizer(t)["input_ids"]) for t in texts]
+        lookups = [subject_last_index(tokenizer, t, req.subject) for t in templates_j]
+        rows.append((ids, lookups, target))
+        infos.append({"prompts": texts, "lookup": lookups, "target_ids": target})
+    r = pad_requests_to or len(requests)
+    g = len(contexts) + 1
+    t = bucket(max(len(i) for ids, _, _ in rows for i in ids), 8)
+    if max_length is not None and t > max_length:
+        raise ValueError(f"search prompts need {t} tokens, the model's context is {max_length}")
+    p = max(len(target) for _, _, target in rows)
+    input_ids = np.zeros((r, g, t), np.int32)
+    mask = np.zeros((r, g, t), np.int32)
+    lookup = np.zeros((r, g), np.int32)
+    target_pos = np.zeros((r, g, p), np.int32)
+    target_ids = np.zeros((r, g, p), np.int32)
+    target_mask = np.zeros((r, g, p), np.float32)
+    valid = np.zeros((r,), bool)
+    for j, (ids, lookups, target) in enumerate(rows):
+        valid[j] = True
+        n_target = len(target)
+        for i, seq in enumerate(ids):
+            input_ids[j, i, : len(seq)] = seq
+            mask[j, i, : len(seq)] = 1
+            lookup[j, i] = lookups[i]
+            if i < g - 1:  # rewriting prompt: target token m is read at position len - T + m
+                pos = len(seq) - n_target + np.arange(n_target)
+                target_pos[j, i, :n_target] = pos
+                target_ids[j, i, :n_target] = target
+                target_mask[j, i, :n_target] = 1.0
+            else:  # KL prompt: the next-token distribution after the subject
+                target_pos[j, i, :] = lookups[i]
+    for j in range(len(rows), r):  # padding requests: copies of a real one, marked invalid
+        input_ids[j], mask[j], lookup[j] = input_ids[0], mask[0], lookup[0]
+        target_pos[j], target_ids[j], target_mask[j] = target_pos[0], target_ids[0], target_mask[0]
+    batch = SearchBatch(
+        input_ids=input_ids, mask=mask, lookup=lookup, target_pos=target_pos,
+        target_ids=target_ids, target_mask=target_mask, valid=valid,
+    )
+    return batch, infos
+
+
+def _norm(x: Array) -> Array:
+    """‖x‖ over the last axis with a zero (sub)gradient at 0, like torch.norm."""
+    sq = jnp.sum(x * x, axis=-1)
+    safe = jnp.where(sq > 0, sq, 1.0)
+    return jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "z_layer"))
+def search_targets(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_layer: int) -> SearchResult:
+    """Runs the target search for every request of `batch` on the model `(graphdef, params)`."""
+    model = nnx.merge(graphdef, params)
+    r, g, t = batch.input_ids.shape
+    n_rw = g - 1
+    ids = batch.input_ids.reshape(r * g, t)
+    mask = batch.mask.reshape(r * g, t)
+    lookup = batch.lookup.reshape(r * g)
+    logits_index = batch.target_pos.reshape(r * g, -1)
+
+    # Blocks 0..z_layer do not depend on delta: run them once.
+    prefix = model(ids, mask, Probe(resid_layers=(z_layer,), stop_layer=z_layer)).residuals[z_layer]
+    h0 = prefix.reshape(r, g, t, -1)[jnp.arange(r), 0, batch.lookup[:, 0]].astype(jnp.float32)
+    h0_norm = _norm(h0)
+
+    def forward_logp(delta):
+        rows_delta = jnp.repeat(delta, g, axis=0)
+        probe = Probe(hidden=prefix, start_layer=z_layer + 1, delta=rows_delta, delta_index=lookup,
+                      delta_layer=z_layer, logits_index=logits_index)
+        logits = model(ids, mask, probe).logits.reshape(r, g, -1, model.config.vocab_size)
+        return logits, jax.nn.log_softmax(logits, axis=-1)
+
+    _, logp0 = forward_logp(jnp.zeros_like(h0))
+    kl_ref = jax.lax.stop_gradient(logp0[:, n_rw, 0])  # q0 at the KL prompt, [r, v]
+    mpes_rows = jnp.arange(n_rw) >= (1 if hp.mpes_prompts == "context" else 0)
+    tmask = batch.target_mask[:, :n_rw]
+
+    def loss_fn(delta):
+        logits, logp = forward_logp(delta)
+        tok = jnp.take_along_axis(logp[:, :n_rw], batch.target_ids[:, :n_rw, :, None], axis=-1)[..., 0]
+        nll_rows = -jnp.sum(tok * tmask, -1) / jnp.maximum(jnp.sum(tmask, -1), 1.0)  # [r, n_rw]
+        nll = jnp.mean(nll_rows, -1)
+        q = logp[:, n_rw, 0]
+        kl = hp.kl_factor * jnp.sum(jnp.exp(q) * (q - kl_ref), -1)
+        dnorm = _norm(delta)
+        wd_num = dnorm if hp.weight_decay_form == "norm" else dnorm**2
+        wd = hp.weight_decay * wd_num / (h0_norm**2)
+        loss = nll + kl + wd
+        hit = (jnp.argmax(logits[:, :n_rw], -1) == batch.target_ids[:, :n_rw]) & (tmask > 0)
+        hit_rows = hit & mpes_rows[None, :, None]
+        all_correct = jnp.all(hit_rows | (tmask == 0) | ~mpes_rows[None, :, None], axis=(1, 2))
+        aux = dict(
+            loss=loss, nll=nll, kl=kl, wd=wd,
+            avg_prob=jnp.mean(jnp.exp(-nll_rows), -1),
+            num_correct=jnp.sum(hit_rows, axis=(1, 2)).astype(jnp.int32),
+            delta_norm=dnorm,
+            all_correct=all_correct,
+        )
+        return jnp.sum(loss), aux
+
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=hp.lr)
+    n = hp.num_steps
+    hist_keys = ("loss", "nll", "kl", "wd", "avg_prob", "delta_norm")
+    init = dict(
+        it=jnp.int32(0),
+        delta=jnp.zeros_like(h0),
+        opt_state=opt.init(jnp.zeros_like(h0)),
+        done=~batch.valid,
+        count=jnp.zeros((r,), jnp.int32),
+        stop_step=jnp.zeros((r,), jnp.int32),
+        prob=jnp.zeros((r,), jnp.float32),
+        loss=jnp.zeros((r,), jnp.float32),
+        history={k: jnp.full((n, r), jnp.nan, jnp.float32) for k in hist_keys}
+        | {"num_correct": jnp.full((n, r), -1, jnp.int32)},
+    )
+
+    def cond(s):
+        return (s["it"] < n) & ~jnp.all(s["done"])
+
+    def body(s):
+        it, done = s["it"], s["done"]
+        (_, aux), grad = jax.value_and_grad(loss_fn, has_aux=True)(s["delta"])
+        live = ~done
+        history = {
+            k: v.at[it].set(jnp.where(live, aux[k].astype(v.dtype), v[it])) for k, v in s["history"].items()
+        }
+        count = s["count"] + (live & aux["all_correct"]).astype(jnp.int32)
+        stop = jnp.zeros_like(done)
+        if hp.mpes_patience > 0:
+            stop = stop | (count >= hp.mpes_patience)
+        stop = stop | ((hp.stop_prob > 0) & (aux["avg_prob"] > hp.stop_prob))
+        stop = stop | (aux["loss"] < hp.loss_threshold) | (it == n - 1)
+        stop = stop & live
+        new_done = done | stop
+        updates, opt_state = opt.update(grad, s["opt_state"], s["delta"])
+        moving = ~new_done[:, None]
+        delta = s["delta"] + jnp.where(moving, updates, 0.0)
+        max_norm = hp.clamp_norm_factor * h0_norm
+        dn = _norm(delta)
+        scale = jnp.where(dn > max_norm, max_norm / jnp.where(dn > 0, dn, 1.0), 1.0)
+        delta = jnp.where(moving, delta * scale[:, None], delta)
+        return dict(
+            it=it + 1, delta=delta, opt_state=opt_state, done=new_done, count=count,
+            stop_step=jnp.where(stop, it, s["stop_step"]),
+            prob=jnp.where(stop, aux["avg_prob"], s["prob"]),
+            loss=jnp.where(stop, aux["loss"], s["loss"]),
+            history=history,
+        )
+
+    final = jax.lax.while_loop(cond, body, init)
+    delta = final["delta"]
+    return SearchResult(
+        targets=h0 + delta, target_init=h0, delta=delta, stop_steps=final["stop_step"],
+        target_prob=final["prob"], loss=final["loss"], history=final["history"],
+    )

@@ -56,6 +56,9 @@ class SearchBatch:
       target_ids: `[r, g, p]` target token ids.
       target_mask: `[r, g, p]` 1 at real target positions of rewriting prompts.
       valid: `[r]` False for padding requests (they start stopped).
+      window_start: `[r, g]` first position re-run by each search iteration (min of the lookup and the
+        target positions; everything before it is unaffected by δ).
+      window_len: static window length w (max over rows of last needed position - start + 1).
     """
 
     input_ids: Array
@@ -65,6 +68,8 @@ class SearchBatch:
     target_ids: Array
     target_mask: Array
     valid: Array
+    window_start: Array
+    window_len: int = dataclasses.field(default=1, metadata=dict(static=True))
 
     @property
     def num_requests(self) -> int:
@@ -158,9 +163,13 @@ def build_search_batch(
     for j in range(len(rows), r):  # padding requests: copies of a real one, marked invalid
         input_ids[j], mask[j], lookup[j] = input_ids[0], mask[0], lookup[0]
         target_pos[j], target_ids[j], target_mask[j] = target_pos[0], target_ids[0], target_mask[0]
+    needed = np.where(target_mask > 0, target_pos, lookup[:, :, None])
+    window_start = np.minimum(lookup, needed.min(-1)).astype(np.int32)
+    window_len = int(max((np.maximum(lookup, needed.max(-1)) - window_start).max() + 1, 1))
     batch = SearchBatch(
         input_ids=input_ids, mask=mask, lookup=lookup, target_pos=target_pos,
         target_ids=target_ids, target_mask=target_mask, valid=valid,
+        window_start=window_start, window_len=window_len,
     )
     return batch, infos
 
@@ -183,19 +192,28 @@ def search_targets(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_lay
     lookup = batch.lookup.reshape(r * g)
     logits_index = batch.target_pos.reshape(r * g, -1)
 
-    # Blocks 0..z_layer do not depend on delta: run them once.
-    prefix = model(ids, mask, Probe(resid_layers=(z_layer,), stop_layer=z_layer)).residuals[z_layer]
+    # One clean pass: the residual after z_layer, the keys/values of the later blocks (positions before
+    # each row's window are unaffected by delta) and the reference distribution q0 (delta = 0).
+    clean = model(ids, mask, Probe(resid_layers=(z_layer,), logits_index=logits_index,
+                                   kv_layers=tuple(range(z_layer + 1, model.num_layers))))
+    prefix = clean.residuals[z_layer]
     h0 = prefix.reshape(r, g, t, -1)[jnp.arange(r), 0, batch.lookup[:, 0]].astype(jnp.float32)
     h0_norm = _norm(h0)
+    start = batch.window_start.reshape(r * g)
+    window_pos = start[:, None] + jnp.arange(batch.window_len)[None, :]
+    window_hidden = jnp.take_along_axis(prefix, jnp.minimum(window_pos, t - 1)[:, :, None], axis=1)
+    window_probe = dict(
+        hidden=window_hidden, start_layer=z_layer + 1, window_start=start, kv_cache=clean.kv,
+        delta_index=lookup - start, delta_layer=z_layer, logits_index=logits_index - start[:, None],
+    )
 
     def forward_logp(delta):
         rows_delta = jnp.repeat(delta, g, axis=0)
-        probe = Probe(hidden=prefix, start_layer=z_layer + 1, delta=rows_delta, delta_index=lookup,
-                      delta_layer=z_layer, logits_index=logits_index)
-        logits = model(ids, mask, probe).logits.reshape(r, g, -1, model.config.vocab_size)
+        logits = model(ids, mask, Probe(delta=rows_delta, **window_probe)).logits
+        logits = logits.reshape(r, g, -1, model.config.vocab_size)
         return logits, jax.nn.log_softmax(logits, axis=-1)
 
-    _, logp0 = forward_logp(jnp.zeros_like(h0))
+    logp0 = jax.nn.log_softmax(clean.logits.reshape(r, g, -1, model.config.vocab_size), axis=-1)
     kl_ref = jax.lax.stop_gradient(logp0[:, n_rw, 0])  # q0 at the KL prompt, [r, v]
     mpes_rows = jnp.arange(n_rw) >= (1 if hp.mpes_prompts == "context" else 0)
     tmask = batch.target_mask[:, :n_rw]

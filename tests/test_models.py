@@ -63,7 +63,7 @@ def test_keys_are_down_proj_input(family):
     ln = block.input_layernorm if family == "llama" else block.ln_1
     attn = block.self_attn if family == "llama" else block.attn
     ctx = model.context(jnp.broadcast_to(jnp.arange(7), (2, 7)), mask)
-    h_mid = before + attn(ln(before), ctx)
+    h_mid = before + attn(ln(before), ctx)[0]
     proj = block.mlp.down_proj if family == "llama" else block.mlp.c_proj
     np.testing.assert_allclose(h_mid + proj(out.keys[layer]), out.residuals[layer], atol=1e-5)
 
@@ -156,3 +156,27 @@ def test_config_layouts_and_rejections():
     ]:
         with pytest.raises(ConfigError, match=field):
             ModelConfig.from_hf(bad)
+
+
+def test_window_mode_equals_full_pass(family):
+    """Re-running only a window of positions from cached keys/values gives the full pass's outputs."""
+    cfg = tiny_config(family)
+    model = models.build(cfg)
+    ids, mask = _batch()
+    z = 0
+    start = jnp.array([3, 1])
+    w = 3
+    delta = jax.random.normal(jax.random.key(1), (2, cfg.hidden_size))
+    full = model(ids, mask, Probe(delta=delta, delta_index=start, delta_layer=z))
+    clean = model(ids, mask, Probe(resid_layers=(z,), kv_layers=tuple(range(cfg.num_layers))))
+    rows = jnp.arange(2)[:, None]
+    window_pos = start[:, None] + jnp.arange(w)[None, :]
+    hidden = clean.residuals[z][rows, window_pos]
+    out = model(ids, mask, Probe(
+        hidden=hidden, start_layer=z + 1, window_start=start, kv_cache=clean.kv,
+        delta=delta, delta_index=jnp.zeros(2, jnp.int32), delta_layer=z,
+        logits_index=jnp.array([[0, 1, 2], [0, 1, 2]]),
+    ))
+    expected = full.logits[rows, window_pos]
+    np.testing.assert_allclose(out.logits[0], expected[0], atol=1e-5)
+    np.testing.assert_allclose(out.logits[1, :3], expected[1, :3], atol=1e-5)  # row 1 real: 1..3

@@ -9,11 +9,18 @@ answer comes back in a `ModelOutput`. This replaces the reference code's `nethoo
   layers, `[b, f]` gathered at `read_index` or `[b, t, f]` when `read_index` is None;
 * (c) `resid_layers`: the residual stream after those blocks (after any delta), `[b, d]` or `[b, t, d]`.
 
-Two more switches let the editor do less work: `start_layer` with `hidden` resumes the pass from a
+Switches that let the editor do less work: `start_layer` with `hidden` resumes the pass from a
 residual stream cached after block `start_layer - 1` (the search only re-runs the blocks after the edited
 one), `stop_layer` ends it after that block without computing logits, and `logits_index` `[b, p]` computes
 logits only at the positions a loss needs (the full `[b, t, v]` logits of a 128k vocabulary are the
 largest tensor of a forward pass).
+
+Window mode (`window_start` + `kv_cache`): `hidden` `[b, w, d]` is the residual after block
+`start_layer - 1` at positions `window_start[b] + arange(w)` only; each later block attends with the
+window's queries over the full-length keys/values of an earlier pass (`kv_layers`), with the window's own
+keys/values written in. Positions before the window are not recomputed: when a delta is added at the
+window's first token, nothing before it changes (causality), so this gives the full pass's results at
+the window positions. `delta_index`, `read_index` and `logits_index` then count within the window.
 
 All positions count from the left (right padding): `positions = arange(t)` for every row.
 """
@@ -43,11 +50,14 @@ class Probe:
     delta_index: Array | None = None  # [b] token that receives `delta`
     hidden: Array | None = None  # [b, t, d] residual after block start_layer - 1
     logits_index: Array | None = None  # [b, p] positions where logits are computed
+    window_start: Array | None = None  # [b] window mode: `hidden` covers positions start + arange(w)
+    kv_cache: dict | None = None  # window mode: {layer: (k, v)} full-length, from a previous pass
     delta_layer: int = _static(-1)
     key_layers: tuple[int, ...] = _static(())
     resid_layers: tuple[int, ...] = _static(())
     start_layer: int = _static(0)
     stop_layer: int | None = _static(None)  # last block to run; None = all and compute logits
+    kv_layers: tuple[int, ...] = _static(())  # return attention keys/values of these blocks
 
 
 @jax.tree_util.register_dataclass
@@ -58,6 +68,7 @@ class ModelOutput:
     logits: Array | None
     keys: dict[int, Array]
     residuals: dict[int, Array]
+    kv: dict[int, tuple[Array, Array]] = dataclasses.field(default_factory=dict)
 
 
 def _gather_rows(x: Array, index: Array | None) -> Array:
@@ -99,7 +110,15 @@ class CausalLM(nnx.Module):
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), jnp.int32)
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        ctx = self.context(positions, attention_mask)
+        window = probe.window_start is not None
+        if window:
+            if probe.start_layer == 0 or probe.hidden is None or probe.kv_cache is None:
+                raise ValueError("window mode needs start_layer > 0, hidden [b, w, d] and kv_cache")
+            w = probe.hidden.shape[1]
+            query_pos = probe.window_start[:, None] + jnp.arange(w, dtype=jnp.int32)[None, :]
+            ctx = self.context(positions, attention_mask, query_pos)
+        else:
+            ctx = self.context(positions, attention_mask)
         if probe.start_layer == 0:
             h = self.embed(input_ids, positions)
         else:
@@ -112,7 +131,7 @@ class CausalLM(nnx.Module):
             bad += [i for i in layer if i == probe.start_layer - 1 and layer is probe.key_layers]
             if bad:
                 raise ValueError(f"probe layers {bad} outside the blocks run [{probe.start_layer}, {last}]")
-        keys, residuals = {}, {}
+        keys, residuals, kv = {}, {}, {}
 
         def after_block(i, h):
             if i == probe.delta_layer and probe.delta is not None:
@@ -124,13 +143,15 @@ class CausalLM(nnx.Module):
         if probe.start_layer > 0:  # the cached residual is the output of block start_layer - 1
             h = after_block(probe.start_layer - 1, h)
         for i in range(probe.start_layer, last + 1):
-            h, k = self.block(i, h, ctx)
+            h, aux = self.block(i, h, ctx, probe.kv_cache[i] if window else None)
             if i in probe.key_layers:
-                keys[i] = _gather_rows(k, probe.read_index)
+                keys[i] = _gather_rows(aux["keys"], probe.read_index)
+            if i in probe.kv_layers:
+                kv[i] = aux["kv"]
             h = after_block(i, h)
         if probe.stop_layer is not None:
-            return ModelOutput(logits=None, keys=keys, residuals=residuals)
+            return ModelOutput(logits=None, keys=keys, residuals=residuals, kv=kv)
         if probe.logits_index is not None:
             h = jnp.take_along_axis(h, probe.logits_index[:, :, None], axis=1)
         logits = self.unembed(self.final_norm(h)).astype(jnp.float32)
-        return ModelOutput(logits=logits, keys=keys, residuals=residuals)
+        return ModelOutput(logits=logits, keys=keys, residuals=residuals, kv=kv)

@@ -14,7 +14,16 @@ from flax import nnx
 
 from jaxedit.models import base
 from jaxedit.models.config import ModelConfig
-from jaxedit.models.layers import Dense, Embedding, LayerNorm, attend, attention_bias, gelu_new
+from jaxedit.models.layers import (
+    Dense,
+    Embedding,
+    LayerNorm,
+    attend,
+    attention_bias,
+    gelu_new,
+    merge_cache,
+    window_bias,
+)
 
 Array = jax.Array
 
@@ -26,12 +35,18 @@ class GPT2Attention(nnx.Module):
         self.c_proj = Dense(d, d, use_bias=True, dtype=dtype, rngs=rngs)
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
 
-    def __call__(self, x: Array, ctx: dict) -> Array:
+    def __call__(self, x: Array, ctx: dict, cache=None) -> tuple[Array, tuple[Array, Array]]:
+        """Returns the output and this call's keys/values (see LlamaAttention for `cache`)."""
         b, t, d = x.shape
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
         shape = (b, t, self.num_heads, self.head_dim)
-        out = attend(q.reshape(shape), k.reshape(shape), v.reshape(shape), ctx["bias"])
-        return self.c_proj(out.reshape(b, t, d))
+        q, k, v = q.reshape(shape), k.reshape(shape), v.reshape(shape)
+        kv = (k, v)
+        if cache is not None:
+            k = merge_cache(cache[0], k, ctx["query_pos"])
+            v = merge_cache(cache[1], v, ctx["query_pos"])
+        out = attend(q, k, v, ctx["bias"])
+        return self.c_proj(out.reshape(b, t, d)), kv
 
 
 class GPT2MLP(nnx.Module):
@@ -51,10 +66,11 @@ class GPT2Block(nnx.Module):
         self.ln_2 = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype)
         self.mlp = GPT2MLP(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, h: Array, ctx: dict) -> tuple[Array, Array]:
-        h = h + self.attn(self.ln_1(h), ctx)
+    def __call__(self, h: Array, ctx: dict, cache=None) -> tuple[Array, dict]:
+        attn, kv = self.attn(self.ln_1(h), ctx, cache)
+        h = h + attn
         out, keys = self.mlp(self.ln_2(h))
-        return h + out, keys
+        return h + out, {"keys": keys, "kv": kv}
 
 
 class GPT2Model(nnx.Module):
@@ -78,12 +94,14 @@ class GPT2LMHeadModel(base.CausalLM):
     def embed(self, input_ids: Array, positions: Array) -> Array:
         return self.transformer.wte(input_ids) + self.transformer.wpe(positions)
 
-    def context(self, positions: Array, mask: Array) -> dict:
+    def context(self, positions: Array, mask: Array, query_pos: Array | None = None) -> dict:
         del positions
-        return {"bias": attention_bias(mask)}
+        if query_pos is None:
+            return {"bias": attention_bias(mask)}
+        return {"bias": window_bias(mask, query_pos), "query_pos": query_pos}
 
-    def block(self, i: int, h: Array, ctx: dict) -> tuple[Array, Array]:
-        return self.transformer.h[i](h, ctx)
+    def block(self, i: int, h: Array, ctx: dict, cache=None) -> tuple[Array, dict]:
+        return self.transformer.h[i](h, ctx, cache)
 
     def final_norm(self, h: Array) -> Array:
         return self.transformer.ln_f(h)

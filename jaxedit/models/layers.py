@@ -116,6 +116,21 @@ def attention_bias(mask: Array, q_len: int | None = None) -> Array:
     return jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min)[:, None, :, :]
 
 
+def window_bias(mask: Array, query_pos: Array) -> Array:
+    """Additive bias `[b, 1, w, t]` for queries at absolute positions `query_pos [b, w]` over all `t` keys:
+    a key is visible if it is real (mask) and not after the query."""
+    t = mask.shape[-1]
+    keep = (jnp.arange(t)[None, None, :] <= query_pos[:, :, None]) & mask[:, None, :].astype(bool)
+    return jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min)[:, None, :, :]
+
+
+def merge_cache(cache: Array, new: Array, query_pos: Array) -> Array:
+    """Writes the window's keys/values `new [b, w, ...]` into a full-length cache `[b, t, ...]` at
+    `query_pos [b, w]` (positions past the end are dropped)."""
+    rows = jnp.arange(cache.shape[0])[:, None]
+    return cache.at[rows, query_pos].set(new.astype(cache.dtype), mode="drop")
+
+
 def attend(q: Array, k: Array, v: Array, bias: Array) -> Array:
     """Grouped-query scaled dot-product attention.
 

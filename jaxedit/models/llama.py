@@ -22,7 +22,9 @@ from jaxedit.models.layers import (
     apply_rope,
     attend,
     attention_bias,
+    merge_cache,
     rope_tables,
+    window_bias,
 )
 
 Array = jax.Array
@@ -37,15 +39,22 @@ class LlamaAttention(nnx.Module):
         self.o_proj = Dense(cfg.num_heads * e, d, use_bias=False, dtype=dtype, rngs=rngs)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, e
 
-    def __call__(self, x: Array, ctx: dict) -> Array:
+    def __call__(self, x: Array, ctx: dict, cache=None) -> tuple[Array, tuple[Array, Array]]:
+        """Returns the output and this call's (post-RoPE) keys/values. With `cache` (full-length
+        keys/values of a previous pass), `x` is a window at `ctx["query_pos"]` whose keys/values
+        replace the cached ones there."""
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         q = apply_rope(q, ctx["cos"], ctx["sin"])
         k = apply_rope(k, ctx["cos"], ctx["sin"])
+        kv = (k, v)
+        if cache is not None:
+            k = merge_cache(cache[0], k, ctx["query_pos"])
+            v = merge_cache(cache[1], v, ctx["query_pos"])
         out = attend(q, k, v, ctx["bias"])
-        return self.o_proj(out.reshape(b, t, -1))
+        return self.o_proj(out.reshape(b, t, -1)), kv
 
 
 class LlamaMLP(nnx.Module):
@@ -67,10 +76,11 @@ class LlamaDecoderLayer(nnx.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype)
 
-    def __call__(self, h: Array, ctx: dict) -> tuple[Array, Array]:
-        h = h + self.self_attn(self.input_layernorm(h), ctx)
+    def __call__(self, h: Array, ctx: dict, cache=None) -> tuple[Array, dict]:
+        attn, kv = self.self_attn(self.input_layernorm(h), ctx, cache)
+        h = h + attn
         out, keys = self.mlp(self.post_attention_layernorm(h))
-        return h + out, keys
+        return h + out, {"keys": keys, "kv": kv}
 
 
 class LlamaModel(nnx.Module):
@@ -103,12 +113,15 @@ class LlamaForCausalLM(base.CausalLM):
         del positions  # RoPE is applied inside attention
         return self.model.embed_tokens(input_ids)
 
-    def context(self, positions: Array, mask: Array) -> dict:
-        cos, sin = rope_tables(np.asarray(self.inv_freq, np.float32), positions)
-        return {"cos": cos, "sin": sin, "bias": attention_bias(mask)}
+    def context(self, positions: Array, mask: Array, query_pos: Array | None = None) -> dict:
+        pos = positions if query_pos is None else query_pos
+        cos, sin = rope_tables(np.asarray(self.inv_freq, np.float32), pos)
+        if query_pos is None:
+            return {"cos": cos, "sin": sin, "bias": attention_bias(mask)}
+        return {"cos": cos, "sin": sin, "bias": window_bias(mask, query_pos), "query_pos": query_pos}
 
-    def block(self, i: int, h: Array, ctx: dict) -> tuple[Array, Array]:
-        return self.model.layers[i](h, ctx)
+    def block(self, i: int, h: Array, ctx: dict, cache=None) -> tuple[Array, dict]:
+        return self.model.layers[i](h, ctx, cache)
 
     def final_norm(self, h: Array) -> Array:
         return self.model.norm(h)

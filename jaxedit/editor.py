@@ -1,0 +1,344 @@
+"""Sequential editor: explicit state in, new state and a report out (SPEC §3, §10).
+
+One batch, in the reference order:
+
+    Z = search(θ_start)                                  # all requests, one jitted while_loop
+    for i, l in enumerate(layers):
+        K, H = keys(θ, l), h_{z_layer}(θ) at the bare prompts    # θ holds this batch's layers < l
+        R = (Z - H) / (len(layers) - i)
+        dW_l = solve(method, K, R, C0_l, prev_kkt_l, ...)  # closed form, jitted
+        θ.W_l = θ_start.W_l + dW_l
+        prev_kkt_l += K Kᵀ                                 # methods with a previous-edit cache
+
+`EditState` is immutable; `apply` returns a new one, so a batch that fails (bad request, a non-finite
+target or update) leaves the caller's state exactly as it was. The journal records each batch's applied
+deltas; rollback replays the journal from its base with the same floating-point operations, so it
+restores the weights bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxedit import solve
+from jaxedit.config import EditConfig
+from jaxedit.lm import LanguageModel, bucket
+from jaxedit.models import Probe, rewrite_path
+from jaxedit.requests import EditRequest, subject_last_index, validate_requests
+from jaxedit.search import SearchResult, build_search_batch, flatten_templates, search_targets
+
+log = logging.getLogger(__name__)
+Array = jax.Array
+
+
+class EditError(RuntimeError):
+    """A batch could not be applied; the state passed in is unchanged."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JournalEntry:
+    """One applied batch: the kernel increments as added and the previous-edit cache increments."""
+
+    case_ids: tuple
+    deltas: dict[int, Array]  # layer -> dW [f, d], as added to the kernel
+    kkt: dict[int, Array]  # layer -> K Kᵀ added to prev_kkt (empty for methods without the cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class EditState:
+    """Everything that changes across sequential batches.
+
+    Attributes:
+      params: the current (edited) `nnx.State`.
+      prev_kkt: layer -> Σ K Kᵀ of all batches applied so far (methods with a previous-edit cache).
+      num_edits: requests applied so far.
+      journal: the last batches, newest last (at most `max_journal`).
+      base_kernels / base_kkt: the rewrite kernels and caches before the oldest journal entry.
+    """
+
+    params: Any
+    prev_kkt: dict[int, Array]
+    num_edits: int
+    journal: tuple[JournalEntry, ...]
+    base_kernels: dict[int, Array]
+    base_kkt: dict[int, Array]
+
+
+@dataclasses.dataclass
+class BatchReport:
+    """What one batch did (host numpy arrays and floats)."""
+
+    case_ids: list
+    targets: np.ndarray  # z [n, d]
+    target_init: np.ndarray  # h0 [n, d]
+    stop_steps: np.ndarray  # Adam steps per request
+    target_prob: np.ndarray  # mean target probability at the stop
+    history: dict[str, np.ndarray]  # [num_steps, n]
+    keys: dict[int, np.ndarray]  # layer -> K [f, n]
+    deltas: dict[int, np.ndarray]  # layer -> dW [f, d]
+    delta_norm: dict[int, float]  # ‖dW_l‖_F
+    weight_norm: dict[int, float]  # ‖W_l‖_F after the batch
+    search_time: float
+    update_time: float
+    prompts: list[dict]
+
+    def summary(self) -> dict:
+        return {
+            "case_ids": [c if isinstance(c, (int, str)) else str(c) for c in self.case_ids],
+            "search_time_s": self.search_time,
+            "update_time_s": self.update_time,
+            "stop_steps": self.stop_steps.tolist(),
+            "target_prob": [round(float(p), 6) for p in self.target_prob],
+            "delta_norm": {str(k): v for k, v in self.delta_norm.items()},
+            "weight_norm": {str(k): v for k, v in self.weight_norm.items()},
+        }
+
+
+def _get(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def _kernel(params, path) -> Array:
+    return _get(params, path)[...]
+
+
+def _with_kernels(params, config, kernels: dict[int, Array]):
+    """A new State sharing every untouched array, with the given rewrite kernels replaced."""
+    new = jax.tree.map(lambda x: x, params)
+    for layer, value in kernels.items():
+        _get(new, rewrite_path(config, layer)).set_value(value)
+    return new
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KeyBatch:
+    """The key prompts (context templates filled with each request's prompt, no target):
+    `input_ids`/`mask` `[r, c, t]`, `lookup` `[r, c]`; group sizes of the templates are static."""
+
+    input_ids: Array
+    mask: Array
+    lookup: Array
+    groups: tuple[int, ...] = dataclasses.field(default=(), metadata=dict(static=True))
+
+
+def build_key_batch(tokenizer, requests: Sequence[EditRequest], templates) -> KeyBatch:
+    contexts = flatten_templates(templates)
+    ids, lookups = [], []
+    for req in requests:
+        tmpl = [c.replace("{}", req.prompt, 1) for c in contexts]
+        ids.append([list(tokenizer(t.replace("{}", req.subject, 1))["input_ids"]) for t in tmpl])
+        lookups.append([subject_last_index(tokenizer, t, req.subject) for t in tmpl])
+    t = bucket(max(len(s) for row in ids for s in row), 8)
+    r, c = len(requests), len(contexts)
+    input_ids = np.zeros((r, c, t), np.int32)
+    mask = np.zeros((r, c, t), np.int32)
+    for j, row in enumerate(ids):
+        for i, s in enumerate(row):
+            input_ids[j, i, : len(s)] = s
+            mask[j, i, : len(s)] = 1
+    return KeyBatch(input_ids, mask, np.asarray(lookups, np.int32), tuple(len(g) for g in templates))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "layer", "z_layer"))
+def keys_and_current(graphdef, params, kb: KeyBatch, layer: int, z_layer: int) -> tuple[Array, Array]:
+    """K `[f, r]` (per template group mean, then mean over groups; SPEC §1.3) and H `[d, r]`, the output
+    of block z_layer at the subject's last token of the bare prompt (SPEC §3 step 2)."""
+    model = nnx.merge(graphdef, params)
+    r, c, t = kb.input_ids.shape
+    out = model(
+        kb.input_ids.reshape(r * c, t), kb.mask.reshape(r * c, t),
+        Probe(read_index=kb.lookup.reshape(r * c), key_layers=(layer,), resid_layers=(z_layer,),
+              stop_layer=z_layer),
+    )
+    k = out.keys[layer].astype(jnp.float32).reshape(r, c, -1)
+    means, start = [], 0
+    for size in kb.groups:
+        means.append(jnp.mean(k[:, start : start + size], axis=1))
+        start += size
+    keys = jnp.mean(jnp.stack(means), axis=0)  # [r, f]
+    current = out.residuals[z_layer].astype(jnp.float32).reshape(r, c, -1)[:, 0]
+    return keys.T, current.T
+
+
+@dataclasses.dataclass
+class LayerStats:
+    """Per-layer second moments C0 `[f, f]` and, for AlphaEdit, null-space projectors."""
+
+    cov: dict[int, Array]
+    null_proj: dict[int, Array] = dataclasses.field(default_factory=dict)
+
+
+class Editor:
+    """Applies batches of edit requests to a model, sequentially, with explicit state.
+
+    Args:
+      model: the model to edit (its params are the starting state).
+      cfg: the editing config (method, layers, search, solve).
+      stats: C0 per edited layer (and projectors for AlphaEdit).
+      templates: context templates in the nested reference form.
+      max_journal: batches kept for rollback (older ones are folded into the journal's base).
+    """
+
+    def __init__(self, model: LanguageModel, cfg: EditConfig, stats: LayerStats, templates,
+                 max_journal: int = 16):
+        cfg.validate(model.config.num_layers)
+        self.model, self.cfg, self.stats = model, cfg, stats
+        self.templates = tuple(tuple(g) for g in templates)
+        self.max_journal = max_journal
+        missing = [l for l in cfg.layers if l not in stats.cov and cfg.method != "AlphaEdit"]
+        missing += [l for l in cfg.layers if cfg.method == "AlphaEdit" and l not in stats.null_proj]
+        if missing:
+            raise ValueError(f"statistics missing for layers {missing} (method {cfg.method})")
+        if cfg.solve.float64 and not jax.config.jax_enable_x64:
+            raise ValueError("solve.float64=True needs 64-bit JAX: set JAX_ENABLE_X64=1 (CPU/GPU only)")
+
+    @property
+    def uses_prev_cache(self) -> bool:
+        m = self.cfg.method
+        return m == "AlphaEdit" or (m in ("MEMIT_seq", "ENCORE") and self.cfg.solve.add_prev_edits)
+
+    def init_state(self, params=None) -> EditState:
+        params = self.model.params if params is None else params
+        f = self.model.config.intermediate_size
+        dtype = jnp.float64 if self.cfg.solve.float64 else jnp.float32
+        kkt = {l: jnp.zeros((f, f), dtype) for l in self.cfg.layers} if self.uses_prev_cache else {}
+        kernels = {l: _kernel(params, rewrite_path(self.model.config, l)) for l in self.cfg.layers}
+        return EditState(params=params, prev_kkt=kkt, num_edits=0, journal=(), base_kernels=kernels,
+                         base_kkt=kkt)
+
+    # ---------------------------------------------------------------------------------------------
+
+    def search(self, params, requests: Sequence[EditRequest]) -> tuple[SearchResult, list[dict]]:
+        batch, infos = build_search_batch(
+            self.model.tokenizer, requests, self.templates,
+            pad_requests_to=self._padded_size(len(requests)),
+            max_length=self.model.config.max_position_embeddings,
+        )
+        res = search_targets(self.model.graphdef, params, batch, self.cfg.search, self.cfg.z_layer)
+        return res, infos
+
+    @staticmethod
+    def _padded_size(n: int) -> int:
+        """Batch sizes are padded to a few buckets so a run compiles the search a handful of times."""
+        for size in (1, 2, 4, 8, 10, 16, 32, 50, 64, 100, 128):
+            if n <= size:
+                return size
+        return bucket(n, 64)
+
+    def _solve(self, layer, keys, resid, prev):
+        s, m = self.cfg.solve, self.cfg.method
+        method = "cholesky" if s.solver == "cholesky" else "lu"
+        if s.float64:
+            keys, resid = keys.astype(jnp.float64), resid.astype(jnp.float64)
+        if m == "AlphaEdit":
+            proj = self.stats.null_proj[layer].astype(keys.dtype)
+            return solve.alphaedit_update(keys, resid, proj, prev + solve.key_gram(keys), l2=float(s.l2))
+        cov = self.stats.cov[layer].astype(keys.dtype)
+        if m == "EMMET":
+            return solve.emmet_update(keys, resid, cov, cov_weight=float(s.cov_weight),
+                                      norm_lambda=float(s.norm_lambda),
+                                      emmet_lambda=float(s.emmet_lambda), method=method)
+        return solve.memit_update(keys, resid, cov, cov_weight=float(s.cov_weight),
+                                  norm_lambda=float(s.norm_lambda), prev_kkt=prev, method=method)
+
+    def apply(self, state: EditState, requests: Sequence[EditRequest]) -> tuple[EditState, BatchReport]:
+        """Applies one batch. Raises (RequestError, EditError, ValueError) with `state` untouched."""
+        if not requests:
+            raise ValueError("empty batch")
+        validate_requests(requests, self.model.tokenizer, self.model.config.max_position_embeddings)
+        cfg, mcfg = self.cfg, self.model.config
+        t0 = time.perf_counter()
+        res, infos = self.search(state.params, requests)
+        n = len(requests)
+        targets = np.asarray(res.targets)[:n]
+        search_time = time.perf_counter() - t0
+        if not np.isfinite(targets).all():
+            raise EditError(f"non-finite target in the search (case_ids {[q.case_id for q in requests]})")
+
+        t0 = time.perf_counter()
+        kb = build_key_batch(self.model.tokenizer, requests, self.templates)
+        z = jnp.asarray(targets.T)  # [d, n]
+        params = state.params
+        start = {l: _kernel(params, rewrite_path(mcfg, l)) for l in cfg.layers}
+        deltas, kkts, keys_out, new_kkt = {}, {}, {}, dict(state.prev_kkt)
+        for i, layer in enumerate(cfg.layers):
+            keys, current = keys_and_current(self.model.graphdef, params, kb, layer, cfg.z_layer)
+            resid = (z - current) / (len(cfg.layers) - i)
+            prev = state.prev_kkt[layer] if self.uses_prev_cache else None
+            dw = self._solve(layer, keys, resid, prev)
+            kernel = start[layer]
+            new_kernel = (kernel.astype(jnp.float32) + dw.astype(jnp.float32)).astype(kernel.dtype)
+            params = _with_kernels(params, mcfg, {layer: new_kernel})
+            deltas[layer] = dw.astype(jnp.float32)
+            keys_out[layer] = keys
+            if self.uses_prev_cache:
+                kkt = solve.key_gram(keys.astype(state.prev_kkt[layer].dtype))
+                kkts[layer] = kkt
+                new_kkt[layer] = state.prev_kkt[layer] + kkt
+        finite = all(bool(jnp.isfinite(d).all()) for d in deltas.values())
+        if not finite:
+            raise EditError(f"non-finite weight update (case_ids {[q.case_id for q in requests]})")
+        update_time = time.perf_counter() - t0
+
+        entry = JournalEntry(tuple(q.case_id for q in requests), deltas, kkts)
+        journal, base_kernels, base_kkt = state.journal + (entry,), state.base_kernels, state.base_kkt
+        while len(journal) > self.max_journal:  # fold the oldest entry into the base
+            base_kernels, base_kkt = self._replay(base_kernels, base_kkt, journal[:1])
+            journal = journal[1:]
+        new_state = EditState(params=params, prev_kkt=new_kkt, num_edits=state.num_edits + n,
+                              journal=journal, base_kernels=base_kernels, base_kkt=base_kkt)
+        report = BatchReport(
+            case_ids=[q.case_id for q in requests],
+            targets=targets,
+            target_init=np.asarray(res.target_init)[:n],
+            stop_steps=np.asarray(res.stop_steps)[:n],
+            target_prob=np.asarray(res.target_prob)[:n],
+            history={k: np.asarray(v)[:, :n] for k, v in res.history.items()},
+            keys={l: np.asarray(k) for l, k in keys_out.items()},
+            deltas={l: np.asarray(d) for l, d in deltas.items()},
+            delta_norm={l: float(jnp.linalg.norm(d)) for l, d in deltas.items()},
+            weight_norm={l: float(jnp.linalg.norm(_kernel(params, rewrite_path(mcfg, l)).astype(jnp.float32)))
+                         for l in cfg.layers},
+            search_time=search_time,
+            update_time=update_time,
+            prompts=infos[:n],
+        )
+        return new_state, report
+
+    @staticmethod
+    def _replay(kernels, kkt, entries):
+        kernels, kkt = dict(kernels), dict(kkt)
+        for e in entries:
+            for layer, dw in e.deltas.items():
+                k = kernels[layer]
+                kernels[layer] = (k.astype(jnp.float32) + dw).astype(k.dtype)
+            for layer, inc in e.kkt.items():
+                kkt[layer] = kkt[layer] + inc
+        return kernels, kkt
+
+    def rollback(self, state: EditState, k: int = 1) -> EditState:
+        """Undoes the last k batches exactly (bit-identical kernels and caches)."""
+        if not 0 <= k <= len(state.journal):
+            raise ValueError(f"rollback k={k}: the journal holds {len(state.journal)} batches")
+        keep = state.journal[: len(state.journal) - k]
+        kernels, kkt = self._replay(state.base_kernels, state.base_kkt, keep)
+        removed = sum(len(e.case_ids) for e in state.journal[len(keep):])
+        params = _with_kernels(state.params, self.model.config, kernels)
+        return dataclasses.replace(state, params=params, prev_kkt=kkt if state.prev_kkt else {},
+                                   num_edits=state.num_edits - removed, journal=keep)
+
+    def edited_model(self, state: EditState) -> LanguageModel:
+        return self.model.replace(params=state.params)

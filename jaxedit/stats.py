@@ -1,0 +1,259 @@
+"""Key statistics: the uncentred second moment C0 = E[k kᵀ] of the rewrite-module inputs (SPEC §4.1).
+
+k is the input of the MLP output projection (`down_proj` / `c_proj`) at every real token of every document;
+C0 = Σ k kᵀ / #tokens, with no mean subtraction (MEMIT's `SecondMoment`). All edited layers are measured
+in one pass over the corpus on the **unedited** model (the reference measures them lazily inside the
+first batch, after earlier layers were already edited: quirk Q12).
+
+Documents are tokenized one by one as the reference does (`encode(text, truncation=True,
+max_length=...)`), packed into padded batches of similar length, and accumulated by a jitted step in float32
+at highest matmul precision. Results are cached as MEMIT-style `.npz` files (`mom2.mom2`, `mom2.count`)
+under a key made of the model fingerprint (config + a strided checksum of the parameters C0 depends on),
+the layer, the corpus (path, size, mtime) and the sample count. MEMIT's published statistics import with
+`load_memit_npz`. AlphaEdit's null-space projector is cached beside C0.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxedit import convert
+from jaxedit.lm import LanguageModel, bucket
+from jaxedit.models import Probe
+
+log = logging.getLogger(__name__)
+
+
+def model_fingerprint(model: LanguageModel, max_layer: int) -> str:
+    """A short hash of the config and of every parameter that C0 at layers <= max_layer depends on.
+
+    A strided sample of each tensor (plus its shape and dtype) keeps this cheap on 8B models while any
+    real change of weights (another checkpoint, an edit) changes it.
+    """
+    h = hashlib.sha256(model.config.hf_json.encode() or repr(model.config).encode())
+    for path, value in sorted(convert.state_to_flat(model.params).items(), key=lambda kv: str(kv[0])):
+        layer = next((p for p in path if isinstance(p, int)), None)
+        if layer is not None and layer > max_layer:
+            continue
+        flat = np.asarray(value).reshape(-1)
+        stride = max(1, flat.size // 65536)
+        h.update(str(path).encode() + str(flat.shape).encode() + str(flat.dtype).encode())
+        h.update(np.ascontiguousarray(flat[::stride]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def corpus_key(text_path: str | os.PathLike, num_samples: int, max_length: int) -> str:
+    p = Path(text_path)
+    stat = p.stat()
+    ident = f"{p.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{num_samples}|{max_length}"
+    return f"{p.stem}_{num_samples}_{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "layers"))
+def _accumulate(graphdef, params, sums, ids, mask, layers: tuple[int, ...]):
+    model = nnx.merge(graphdef, params)
+    out = model(ids, mask, Probe(key_layers=layers, stop_layer=max(layers)))
+    m = mask.astype(jnp.float32)
+    new = []
+    for s, layer in zip(sums, layers):
+        k = out.keys[layer].astype(jnp.float32) * m[:, :, None]
+        new.append(s + jnp.einsum("btf,btg->fg", k, k, precision=jax.lax.Precision.HIGHEST))
+    return tuple(new)
+
+
+def collect_second_moments(
+    model: LanguageModel,
+    token_docs: Iterable[Sequence[int]],
+    layers: Sequence[int],
+    *,
+    batch_tokens: int = 4096,
+    total: int | None = None,
+    log_every: float = 30.0,
+) -> tuple[dict[int, np.ndarray], int]:
+    """C0 per layer from tokenized documents (each a list of ids), and the token count.
+
+    Documents are grouped into batches of at most `batch_tokens` padded tokens (lengths bucketed to
+    multiples of 64 so a corpus compiles a handful of shapes). Progress is logged every `log_every` s.
+    """
+    layers = tuple(sorted(layers))
+    f = model.config.intermediate_size
+    sums = tuple(jnp.zeros((f, f), jnp.float32) for _ in layers)
+    count, docs_done, t_start, t_log = 0, 0, time.perf_counter(), time.perf_counter()
+    pending: list[Sequence[int]] = []
+
+    def flush(pending, sums):
+        t = bucket(max(len(d) for d in pending), 64)
+        ids = np.zeros((len(pending), t), np.int32)
+        mask = np.zeros((len(pending), t), np.int32)
+        for i, d in enumerate(pending):
+            ids[i, : len(d)] = d
+            mask[i, : len(d)] = 1
+        rows = bucket(len(pending), 1 if len(pending) < 4 else 4)
+        if rows > len(pending):  # pad rows to a multiple of 4 (masked out)
+            ids = np.concatenate([ids, np.zeros((rows - len(pending), t), np.int32)])
+            mask = np.concatenate([mask, np.zeros((rows - len(pending), t), np.int32)])
+        return _accumulate(model.graphdef, model.params, sums, jnp.asarray(ids), jnp.asarray(mask), layers)
+
+    for doc in token_docs:
+        if not len(doc):
+            continue
+        doc = list(doc)
+        longest = max([len(doc)] + [len(d) for d in pending])
+        if pending and bucket(longest, 64) * (len(pending) + 1) > batch_tokens:
+            sums = flush(pending, sums)
+            pending = []
+        pending.append(doc)
+        count += len(doc)
+        docs_done += 1
+        if time.perf_counter() - t_log > log_every:
+            t_log = time.perf_counter()
+            rate = count / (t_log - t_start)
+            of = f"/{total}" if total else ""
+            log.info("key statistics: %d%s documents, %d tokens, %.0f tokens/s", docs_done, of, count, rate)
+    if pending:
+        sums = flush(pending, sums)
+    if count == 0:
+        raise ValueError("the statistics corpus has no tokens")
+    log.info("key statistics: %d documents, %d tokens in %.1f s", docs_done, count,
+             time.perf_counter() - t_start)
+    return {layer: np.asarray(s) / np.float32(count) for layer, s in zip(layers, sums)}, count
+
+
+def save_npz(path: Path, cov: np.ndarray, count: int, meta: dict | None = None) -> None:
+    """MEMIT's layout: `mom2.mom2` (the *mean* k kᵀ here) and `mom2.count`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **{"mom2.mom2": cov.astype(np.float32), "mom2.count": np.int64(count),
+                     "jaxedit.meta": json.dumps(meta or {})})
+    os.replace(tmp, path)
+
+
+def load_memit_npz(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Reads a MEMIT statistics file (`{layer}_float32_mom2_{N}.npz`).
+
+    MEMIT stores the running *sum* divided lazily: `SecondMoment.state_dict()` saves `mom2` as the sum
+    of k kᵀ with `count`; jaxedit's own files store the mean. Both are told apart by the `jaxedit.meta`
+    entry, and the mean C0 = mom2 / count is returned either way.
+    """
+    data = np.load(path, allow_pickle=False)
+    if "mom2.mom2" not in data or "mom2.count" not in data:
+        raise ValueError(f"{path}: not a MEMIT statistics file (needs mom2.mom2 and mom2.count)")
+    mom2, count = data["mom2.mom2"].astype(np.float32), int(data["mom2.count"])
+    if "jaxedit.meta" in data:
+        return mom2, count
+    return mom2 / np.float32(count), count
+
+
+class StatsCache:
+    """C0 (and AlphaEdit projectors) on disk under `{root}/{fingerprint}/{corpus}/layer{L}.npz`."""
+
+    def __init__(self, root: str | os.PathLike, fingerprint: str, corpus: str):
+        self.dir = Path(root) / fingerprint / corpus
+
+    def cov_path(self, layer: int) -> Path:
+        return self.dir / f"layer{layer}_mom2.npz"
+
+    def proj_path(self, layer: int, threshold: float) -> Path:
+        return self.dir / f"layer{layer}_nullproj_{threshold:g}.npy"
+
+    def get_cov(self, layer: int) -> np.ndarray | None:
+        p = self.cov_path(layer)
+        return load_memit_npz(p)[0] if p.exists() else None
+
+    def put_cov(self, layer: int, cov: np.ndarray, count: int, meta: dict) -> None:
+        save_npz(self.cov_path(layer), cov, count, meta)
+
+    def get_proj(self, layer: int, threshold: float) -> np.ndarray | None:
+        p = self.proj_path(layer, threshold)
+        return np.load(p) if p.exists() else None
+
+    def put_proj(self, layer: int, threshold: float, proj: np.ndarray) -> None:
+        p = self.proj_path(layer, threshold)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp.npy")
+        np.save(tmp, proj)
+        os.replace(tmp, p)
+
+
+def read_corpus(text: str | os.PathLike, num_samples: int) -> list[str]:
+    """The first `num_samples` documents of a corpus: a `.txt` (blank-line separated), `.jsonl`
+    ({"text": ...}) or folder, or a raw WikiText file (`*.raw`: its paragraphs, detokenized)."""
+    from jaxedit import corpus
+
+    path = Path(text)
+    if path.suffix == ".raw":
+        docs = corpus.wikitext_paragraphs(path)
+    else:
+        docs = corpus.read_documents(path)
+    out = []
+    for doc in docs:
+        if len(out) >= num_samples:
+            break
+        out.append(doc)
+    if not out:
+        raise ValueError(f"stats corpus {path} has no documents")
+    return out
+
+
+def layer_stats(
+    model: LanguageModel,
+    layers: Sequence[int],
+    text: str | os.PathLike,
+    *,
+    num_samples: int,
+    max_length: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    null_threshold: float | None = None,
+):
+    """C0 for `layers` (computed once on this model, or read from the cache), plus AlphaEdit projectors
+    when `null_threshold` is given. Returns an `editor.LayerStats`."""
+    from jaxedit import corpus, solve
+    from jaxedit.editor import LayerStats
+
+    max_length = max_length or model.config.max_position_embeddings
+    cache = None
+    if cache_dir:
+        fp = model_fingerprint(model, max(layers))
+        cache = StatsCache(cache_dir, fp, corpus_key(text, num_samples, max_length))
+    cov = {}
+    todo = []
+    for layer in layers:
+        hit = cache.get_cov(layer) if cache else None
+        if hit is not None:
+            cov[layer] = hit
+            log.info("key statistics for layer %d from %s", layer, cache.cov_path(layer))
+        else:
+            todo.append(layer)
+    if todo:
+        docs = read_corpus(text, num_samples)
+        toks = corpus.tokenize_documents(model.tokenizer, docs, max_length)
+        new, count = collect_second_moments(model, toks, todo, total=len(docs))
+        for layer, c in new.items():
+            cov[layer] = c
+            if cache:
+                cache.put_cov(layer, c, count, {"text": str(text), "num_samples": num_samples,
+                                                "max_length": max_length, "tokens": count})
+    stats = LayerStats(cov={l: jnp.asarray(c) for l, c in cov.items()})
+    if null_threshold is not None:
+        for layer in layers:
+            proj = cache.get_proj(layer, null_threshold) if cache else None
+            if proj is None:
+                proj, dim = solve.null_space_projector(jnp.asarray(cov[layer]), null_threshold)
+                proj = np.asarray(proj)
+                log.info("AlphaEdit null space of layer %d: dimension %d", layer, int(dim))
+                if cache:
+                    cache.put_proj(layer, null_threshold, proj)
+            stats.null_proj[layer] = jnp.asarray(proj)
+    return stats

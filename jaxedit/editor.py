@@ -254,16 +254,32 @@ class Editor:
         return solve.memit_update(keys, resid, cov, cov_weight=float(s.cov_weight),
                                   norm_lambda=float(s.norm_lambda), prev_kkt=prev, method=method)
 
-    def apply(self, state: EditState, requests: Sequence[EditRequest]) -> tuple[EditState, BatchReport]:
-        """Applies one batch. Raises (RequestError, EditError, ValueError) with `state` untouched."""
+    def apply(
+        self, state: EditState, requests: Sequence[EditRequest], targets: np.ndarray | None = None
+    ) -> tuple[EditState, BatchReport]:
+        """Applies one batch. Raises (RequestError, EditError, ValueError) with `state` untouched.
+
+        Args:
+          state: the state before the batch (not modified).
+          requests: the batch.
+          targets: optional precomputed target activations z `[n, d]` (skips the search; for replaying
+            a run or checking the update against reference targets).
+        """
         if not requests:
             raise ValueError("empty batch")
         validate_requests(requests, self.model.tokenizer, self.model.config.max_position_embeddings)
         cfg, mcfg = self.cfg, self.model.config
-        t0 = time.perf_counter()
-        res, infos = self.search(state.params, requests)
         n = len(requests)
-        targets = np.asarray(res.targets)[:n]
+        t0 = time.perf_counter()
+        if targets is not None:
+            targets = np.asarray(targets, np.float32)
+            if targets.shape != (n, mcfg.hidden_size):
+                raise ValueError(f"targets shape {targets.shape} != ({n}, {mcfg.hidden_size})")
+            nan = np.full((n,), np.nan, np.float32)
+            res, infos = SearchResult(targets, targets * np.nan, targets * np.nan, nan, nan, nan, {}), [{}] * n
+        else:
+            res, infos = self.search(state.params, requests)
+            targets = np.asarray(res.targets)[:n]
         search_time = time.perf_counter() - t0
         if not np.isfinite(targets).all():
             raise EditError(f"non-finite target in the search (case_ids {[q.case_id for q in requests]})")

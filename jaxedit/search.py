@@ -153,13 +153,12 @@ def build_search_batch(
             input_ids[j, i, : len(seq)] = seq
             mask[j, i, : len(seq)] = 1
             lookup[j, i] = lookups[i]
+            target_pos[j, i, :] = lookups[i]  # padding entries point at a real position
             if i < g - 1:  # rewriting prompt: target token m is read at position len - T + m
                 pos = len(seq) - n_target + np.arange(n_target)
                 target_pos[j, i, :n_target] = pos
                 target_ids[j, i, :n_target] = target
                 target_mask[j, i, :n_target] = 1.0
-            else:  # KL prompt: the next-token distribution after the subject
-                target_pos[j, i, :] = lookups[i]
     for j in range(len(rows), r):  # padding requests: copies of a real one, marked invalid
         input_ids[j], mask[j], lookup[j] = input_ids[0], mask[0], lookup[0]
         target_pos[j], target_ids[j], target_mask[j] = target_pos[0], target_ids[0], target_mask[0]
@@ -221,7 +220,7 @@ def search_targets(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_lay
     def loss_fn(delta):
         logits, logp = forward_logp(delta)
         tok = jnp.take_along_axis(logp[:, :n_rw], batch.target_ids[:, :n_rw, :, None], axis=-1)[..., 0]
-        nll_rows = -jnp.sum(tok * tmask, -1) / jnp.maximum(jnp.sum(tmask, -1), 1.0)  # [r, n_rw]
+        nll_rows = -jnp.sum(jnp.where(tmask > 0, tok, 0.0), -1) / jnp.maximum(jnp.sum(tmask, -1), 1.0)  # [r, n_rw]
         nll = jnp.mean(nll_rows, -1)
         q = logp[:, n_rw, 0]
         kl = hp.kl_factor * jnp.sum(jnp.exp(q) * (q - kl_ref), -1)

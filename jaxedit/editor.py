@@ -141,7 +141,7 @@ def build_key_batch(tokenizer, requests: Sequence[EditRequest], templates) -> Ke
         tmpl = [c.replace("{}", req.prompt, 1) for c in contexts]
         ids.append([list(tokenizer(t.replace("{}", req.subject, 1))["input_ids"]) for t in tmpl])
         lookups.append([subject_last_index(tokenizer, t, req.subject) for t in tmpl])
-    t = bucket(max(len(s) for row in ids for s in row), 8)
+    t = bucket(max(len(s) for row in ids for s in row), 16)
     r, c = len(requests), len(contexts)
     input_ids = np.zeros((r, c, t), np.int32)
     mask = np.zeros((r, c, t), np.int32)

@@ -66,31 +66,38 @@ def _logits(graphdef, params, input_ids, mask):
     return nnx.merge(graphdef, params)(input_ids, mask).logits
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _greedy(graphdef, params, input_ids, lengths, max_new_tokens, eos_id):
-    """Greedy decoding in one `while_loop` over a fixed token buffer (no KV cache: each step re-runs
-    the buffer, which is cheap at the lengths editing evaluations use and keeps one compiled shape)."""
+@functools.partial(jax.jit, static_argnums=(0, 4, 7))
+def _decode(graphdef, params, input_ids, lengths, max_new_tokens, eos_id, key, top_k):
+    """Decoding in one `while_loop` over a fixed token buffer: greedy when `top_k == 0`, else sampling
+    from the renormalised top-k (the reference's `generate_fast`). No KV cache: each step re-runs the
+    buffer, which is cheap at the lengths editing uses and keeps one compiled shape."""
     model: CausalLM = nnx.merge(graphdef, params)
     b, t = input_ids.shape
     rows = jnp.arange(b)
 
     def cond(carry):
-        step, _, done = carry
+        step, _, done, _ = carry
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def body(carry):
-        step, ids, done = carry
+        step, ids, done, key = carry
         pos = lengths + step
         mask = (jnp.arange(t)[None, :] < pos[:, None]).astype(jnp.int32)
         probe = Probe(logits_index=(pos - 1)[:, None])
         logits = model(ids, mask, probe).logits[:, 0]
-        nxt = jnp.argmax(logits, axis=-1).astype(ids.dtype)
-        nxt = jnp.where(done, eos_id, nxt)
-        ids = ids.at[rows, jnp.minimum(pos, t - 1)].set(nxt)
-        return step + 1, ids, done | (nxt == eos_id)
+        if top_k:
+            key, sub = jax.random.split(key)
+            top, idx = jax.lax.top_k(logits, top_k)
+            choice = jax.random.categorical(sub, top, axis=-1)
+            nxt = jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0].astype(ids.dtype)
+        else:
+            nxt = jnp.argmax(logits, axis=-1).astype(ids.dtype)
+        nxt = jnp.where(done | (pos >= t), eos_id, nxt)
+        ids = ids.at[rows, jnp.minimum(pos, t - 1)].set(jnp.where(pos < t, nxt, ids[rows, t - 1]))
+        return step + 1, ids, done | (nxt == eos_id) | (pos + 1 >= t), key
 
-    init = (jnp.int32(0), input_ids, jnp.zeros((b,), bool))
-    _, ids, _ = jax.lax.while_loop(cond, body, init)
+    init = (jnp.int32(0), input_ids, jnp.zeros((b,), bool), key)
+    _, ids, _, _ = jax.lax.while_loop(cond, body, init)
     return ids
 
 
@@ -180,10 +187,24 @@ class LanguageModel:
         out = self.logits_from_ids(ids, lengths)
         return out[:, : int(lengths.max())], lengths
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 20) -> list[str]:
-        """Greedy continuations (the new text only), stopping at the end-of-sequence token."""
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 20,
+        *,
+        top_k: int = 0,
+        key: jax.Array | None = None,
+        keep_special_tokens: bool = False,
+    ) -> list[str]:
+        """Continuations (the new text only), stopping at the end-of-sequence token.
+
+        Greedy by default; with `top_k > 0`, samples from the renormalised top-k logits using the PRNG
+        `key` (required then, so every sampled result is reproducible).
+        """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
+        if top_k and key is None:
+            raise ValueError("top_k sampling needs an explicit PRNG key (jax.random.key(seed))")
         ids, lengths = self.encode(prompts)
         total = bucket(int(lengths.max()) + max_new_tokens)
         if total > self.config.max_position_embeddings:
@@ -194,15 +215,16 @@ class LanguageModel:
         buf = np.full((len(ids), total), self.pad_id, np.int32)
         buf[:, : ids.shape[1]] = ids
         out = np.asarray(
-            _greedy(self.graphdef, self.params, jnp.asarray(buf), jnp.asarray(lengths),
-                    max_new_tokens, jnp.int32(self.eos_id))
+            _decode(self.graphdef, self.params, jnp.asarray(buf), jnp.asarray(lengths),
+                    max_new_tokens, jnp.int32(self.eos_id),
+                    key if key is not None else jax.random.key(0), int(top_k))
         )
         texts = []
         for row, n in zip(out, lengths):
             new = row[n : n + max_new_tokens].tolist()
             if self.eos_id in new:
                 new = new[: new.index(self.eos_id)]
-            texts.append(self.tokenizer.decode(new, skip_special_tokens=True))
+            texts.append(self.tokenizer.decode(new, skip_special_tokens=not keep_special_tokens))
         return texts
 
 

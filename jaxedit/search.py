@@ -135,10 +135,11 @@ def build_search_batch(
         infos.append({"prompts": texts, "lookup": lookups, "target_ids": target})
     r = pad_requests_to or len(requests)
     g = len(contexts) + 1
-    t = bucket(max(len(i) for ids, _, _ in rows for i in ids), 8)
+    # Lengths are bucketed so that a run compiles the search for a handful of shapes only.
+    t = bucket(max(len(i) for ids, _, _ in rows for i in ids), 16)
     if max_length is not None and t > max_length:
         raise ValueError(f"search prompts need {t} tokens, the model's context is {max_length}")
-    p = max(len(target) for _, _, target in rows)
+    p = bucket(max(len(target) for _, _, target in rows), 4)
     input_ids = np.zeros((r, g, t), np.int32)
     mask = np.zeros((r, g, t), np.int32)
     lookup = np.zeros((r, g), np.int32)
@@ -164,7 +165,7 @@ def build_search_batch(
         target_pos[j], target_ids[j], target_mask[j] = target_pos[0], target_ids[0], target_mask[0]
     needed = np.where(target_mask > 0, target_pos, lookup[:, :, None])
     window_start = np.minimum(lookup, needed.min(-1)).astype(np.int32)
-    window_len = int(max((np.maximum(lookup, needed.max(-1)) - window_start).max() + 1, 1))
+    window_len = bucket(int((np.maximum(lookup, needed.max(-1)) - window_start).max() + 1), 8)
     batch = SearchBatch(
         input_ids=input_ids, mask=mask, lookup=lookup, target_pos=target_pos,
         target_ids=target_ids, target_mask=target_mask, valid=valid,

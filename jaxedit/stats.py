@@ -91,30 +91,31 @@ def collect_second_moments(
     f = model.config.intermediate_size
     sums = tuple(jnp.zeros((f, f), jnp.float32) for _ in layers)
     count, docs_done, t_start, t_log = 0, 0, time.perf_counter(), time.perf_counter()
-    pending: list[Sequence[int]] = []
 
-    def flush(pending, sums):
-        t = bucket(max(len(d) for d in pending), 64)
-        ids = np.zeros((len(pending), t), np.int32)
-        mask = np.zeros((len(pending), t), np.int32)
-        for i, d in enumerate(pending):
+    def length_bucket(n: int) -> int:  # powers of two from 64: a corpus compiles a handful of shapes
+        return max(64, 1 << (n - 1).bit_length())
+
+    pending: dict[int, list] = {}  # length bucket -> documents waiting for a full batch
+
+    def flush(t: int, docs: list, sums):
+        rows = max(1, batch_tokens // t)  # fixed rows per length bucket
+        ids = np.zeros((rows, t), np.int32)
+        mask = np.zeros((rows, t), np.int32)
+        for i, d in enumerate(docs):
             ids[i, : len(d)] = d
             mask[i, : len(d)] = 1
-        rows = bucket(len(pending), 1 if len(pending) < 4 else 4)
-        if rows > len(pending):  # pad rows to a multiple of 4 (masked out)
-            ids = np.concatenate([ids, np.zeros((rows - len(pending), t), np.int32)])
-            mask = np.concatenate([mask, np.zeros((rows - len(pending), t), np.int32)])
         return _accumulate(model.graphdef, model.params, sums, jnp.asarray(ids), jnp.asarray(mask), layers)
 
     for doc in token_docs:
         if not len(doc):
             continue
-        doc = list(doc)
-        longest = max([len(doc)] + [len(d) for d in pending])
-        if pending and bucket(longest, 64) * (len(pending) + 1) > batch_tokens:
-            sums = flush(pending, sums)
-            pending = []
-        pending.append(doc)
+        doc = np.asarray(doc, np.int32)
+        t = length_bucket(len(doc))
+        group = pending.setdefault(t, [])
+        group.append(doc)
+        if len(group) == max(1, batch_tokens // t):
+            sums = flush(t, group, sums)
+            pending[t] = []
         count += len(doc)
         docs_done += 1
         if time.perf_counter() - t_log > log_every:
@@ -122,8 +123,9 @@ def collect_second_moments(
             rate = count / (t_log - t_start)
             of = f"/{total}" if total else ""
             log.info("key statistics: %d%s documents, %d tokens, %.0f tokens/s", docs_done, of, count, rate)
-    if pending:
-        sums = flush(pending, sums)
+    for t, group in pending.items():
+        if group:
+            sums = flush(t, group, sums)
     if count == 0:
         raise ValueError("the statistics corpus has no tokens")
     log.info("key statistics: %d documents, %d tokens in %.1f s", docs_done, count,

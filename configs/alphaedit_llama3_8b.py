@@ -1,0 +1,7 @@
+"""AlphaEdit on Llama-3-8B with the paper's hyperparameters (SPEC §5; table in jaxedit/hparams.py)."""
+
+from jaxedit import hparams
+
+
+def get_config():
+    return hparams.paper_config("AlphaEdit", "llama3_8b")

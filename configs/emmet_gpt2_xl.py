@@ -1,0 +1,7 @@
+"""EMMET on GPT2-XL with the paper's hyperparameters (SPEC §5; table in jaxedit/hparams.py)."""
+
+from jaxedit import hparams
+
+
+def get_config():
+    return hparams.paper_config("EMMET", "gpt2_xl")

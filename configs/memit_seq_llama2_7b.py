@@ -1,0 +1,7 @@
+"""MEMIT_seq on Llama-2-7B with the paper's hyperparameters (SPEC §5; table in jaxedit/hparams.py)."""
+
+from jaxedit import hparams
+
+
+def get_config():
+    return hparams.paper_config("MEMIT_seq", "llama2_7b")

@@ -166,6 +166,11 @@ class EditConfig:
                     raise ValueError(f"templates: {t!r} must contain exactly one '{{}}'")
         if self.templates and tuple(self.templates[0]) != ("{}",):
             raise ValueError("templates: the first group must be ('{}',) (the bare prompt)")
+        n_templates = sum(len(g) for g in self.templates)
+        if (self.templates and n_templates == 1 and self.search.mpes_patience > 0
+                and self.search.mpes_prompts == "context"):
+            raise ValueError("search.mpes_prompts='context' checks the context templates, and there are "
+                             "none: add context templates or set mpes_prompts='all'")
         if self.solve.solver not in ("cholesky", "lu"):
             raise ValueError(f"solve.solver={self.solve.solver!r}: 'cholesky' or 'lu'")
 
@@ -219,6 +224,12 @@ def from_reference_hparams(
         target = cfg if section is None else getattr(cfg, section)
         if ours == "layers":
             value = tuple(int(v) for v in value)
+        elif isinstance(getattr(target, ours), float):
+            value = float(value)  # JSON ints would give the jitted search another signature
+        elif isinstance(getattr(target, ours), bool):
+            value = bool(value)
+        elif isinstance(getattr(target, ours), int):
+            value = int(value)
         setattr(target, ours, value)
     cutoff = hp.get("prob_cutoff", 0)
     cfg.search.mpes_patience = int(-cutoff) if cutoff < 0 else 0

@@ -35,9 +35,13 @@ def _answer_logprobs(graphdef, params, ids, mask, pos, answer_ids):
 
 
 def answer_nll(
-    model: LanguageModel, pairs: Sequence[tuple[str, str]], batch_size: int = 64
-) -> np.ndarray:
-    """Mean per-token NLL of each answer after its prompt (answers get a leading space)."""
+    model: LanguageModel,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int = 64,
+    return_lengths: bool = False,
+):
+    """Mean per-token NLL of each answer after its prompt (answers get a leading space), and with
+    `return_lengths` the number of answer tokens of each pair."""
     tok = model.tokenizer
     rows = []
     for prompt, answer in pairs:
@@ -68,6 +72,8 @@ def answer_nll(
         lp = np.asarray(_answer_logprobs(model.graphdef, model.params, ids, mask, pos, ans))
         nll = -(lp * amask).sum(-1) / np.maximum(amask.sum(-1), 1)
         out[order[start : start + batch_size]] = nll[: len(chunk)]
+    if return_lengths:
+        return out, np.array([r[2] for r in rows])
     return out
 
 

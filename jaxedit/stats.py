@@ -191,9 +191,13 @@ class StatsCache:
 
 def read_corpus(text: str | os.PathLike, num_samples: int) -> list[str]:
     """The first `num_samples` documents of a corpus: a `.txt` (blank-line separated), `.jsonl`
-    ({"text": ...}) or folder, or a raw WikiText file (`*.raw`: its paragraphs, detokenized)."""
+    ({"text": ...}) or folder, a raw WikiText file (`*.raw`: its paragraphs, detokenized), or
+    `hf:NAME[:CONFIG[:SPLIT]]`, a Hugging Face dataset with a "text" field (needs `datasets`; streamed,
+    in the dataset's order)."""
     from jaxedit import corpus
 
+    if str(text).startswith("hf:"):
+        return _hf_dataset_texts(str(text)[3:], num_samples)
     path = Path(text)
     if path.suffix == ".raw":
         docs = corpus.wikitext_paragraphs(path)
@@ -206,6 +210,21 @@ def read_corpus(text: str | os.PathLike, num_samples: int) -> list[str]:
         out.append(doc)
     if not out:
         raise ValueError(f"stats corpus {path} has no documents")
+    return out
+
+
+def _hf_dataset_texts(spec: str, num_samples: int) -> list[str]:
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError("stats text 'hf:...' needs the `datasets` package: pip install datasets") from err
+    name, config, split = (spec.split(":") + [None, None])[:3]
+    ds = datasets.load_dataset(name, config or None, split=split or "train", streaming=True)
+    out = []
+    for row in ds:
+        if len(out) >= num_samples:
+            break
+        out.append(row["text"])
     return out
 
 
@@ -228,7 +247,11 @@ def layer_stats(
     cache = None
     if cache_dir:
         fp = model_fingerprint(model, max(layers))
-        cache = StatsCache(cache_dir, fp, corpus_key(text, num_samples, max_length))
+        if str(text).startswith("hf:"):
+            key = f"{str(text)[3:].replace(':', '_').replace('/', '_')}_{num_samples}_{max_length}"
+        else:
+            key = corpus_key(text, num_samples, max_length)
+        cache = StatsCache(cache_dir, fp, key)
     cov = {}
     todo = []
     for layer in layers:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxedit.config import EditConfig, SearchConfig, SolveConfig, StatsConfig
+from jaxedit.config import FIXED_TEMPLATES, EditConfig, SearchConfig, SolveConfig, StatsConfig
 
 # model -> (layers, v_num_grad_steps, mom2_update_weight, mom2_n_samples)
 MODELS = {
@@ -68,6 +68,7 @@ def smollm2_config(method: str) -> EditConfig:
     cfg = paper_config(method, "llama3_8b")
     cfg.model = MODEL_SOURCES["smollm2"]
     cfg.stats = dataclasses.replace(cfg.stats, num_samples=2185)
+    cfg.templates = FIXED_TEMPLATES  # the six templates of the reference measurements (BENCHMARKS.md)
     if method != "AlphaEdit":
         cfg.solve.cov_weight = SMOLLM2_COV_WEIGHT
     if method == "ENCORE":

@@ -43,6 +43,8 @@ flags.DEFINE_string("templates", None, "JSON file of fixed context templates (ne
 flags.DEFINE_string("stats_text", None, "Corpus for C0: .txt (blank-line separated), .jsonl, folder, "
                     "or a raw WikiText file.")
 flags.DEFINE_integer("stats_samples", None, "Use the first N documents of the corpus.")
+flags.DEFINE_string("stats_npz", None, "Directory of MEMIT's published statistics files to import "
+                    "(`*.{layer}.mlp.*_float32_mom2_{N}.npz`); other layers are computed.")
 flags.DEFINE_string("stats_dir", None, "Cache directory for statistics (default: $JAXEDIT_CACHE/stats).")
 flags.DEFINE_string("dump_dir", None, "Write batch_{k:03d}.npz arrays here.")
 flags.DEFINE_string("export_dir", None, "Write the edited model here (Hugging Face format).")
@@ -125,6 +127,7 @@ def main(argv):
         model, cfg.layers, cfg.stats.text, num_samples=cfg.stats.num_samples,
         max_length=cfg.stats.max_length, cache_dir=stats_dir,
         null_threshold=cfg.solve.nullspace_threshold if cfg.method == "AlphaEdit" else None,
+        memit_dir=FLAGS.stats_npz,
     )
     stats_time = time.perf_counter() - t0
     workdir.mkdir(parents=True, exist_ok=True)

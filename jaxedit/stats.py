@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -213,6 +214,22 @@ def read_corpus(text: str | os.PathLike, num_samples: int) -> list[str]:
     return out
 
 
+_MEMIT_NAME = re.compile(r".*\.(\d+)\.mlp\.[A-Za-z_]+_float32_mom2_(\d+)\.npz$")
+
+
+def find_memit_stats(directory: str | os.PathLike) -> dict[int, Path]:
+    """MEMIT's statistics files in a directory, by layer (names like
+    `transformer.h.17.mlp.c_proj_float32_mom2_100000.npz`; the largest sample count wins)."""
+    found: dict[int, tuple[int, Path]] = {}
+    for path in Path(directory).glob("*.npz"):
+        m = _MEMIT_NAME.match(path.name)
+        if m:
+            layer, n = int(m.group(1)), int(m.group(2))
+            if layer not in found or n > found[layer][0]:
+                found[layer] = (n, path)
+    return {layer: p for layer, (_, p) in found.items()}
+
+
 def _hf_dataset_texts(spec: str, num_samples: int) -> list[str]:
     try:
         import datasets
@@ -237,9 +254,11 @@ def layer_stats(
     max_length: int = 0,
     cache_dir: str | os.PathLike | None = None,
     null_threshold: float | None = None,
+    memit_dir: str | os.PathLike | None = None,
 ):
-    """C0 for `layers` (computed once on this model, or read from the cache), plus AlphaEdit projectors
-    when `null_threshold` is given. Returns an `editor.LayerStats`."""
+    """C0 for `layers` (imported from MEMIT's published files in `memit_dir`, read from the cache, or
+    computed once on this model), plus AlphaEdit projectors when `null_threshold` is given. Returns an
+    `editor.LayerStats`."""
     from jaxedit import corpus, solve
     from jaxedit.editor import LayerStats
 
@@ -254,7 +273,12 @@ def layer_stats(
         cache = StatsCache(cache_dir, fp, key)
     cov = {}
     todo = []
+    imported = find_memit_stats(memit_dir) if memit_dir else {}
     for layer in layers:
+        if layer in imported:
+            cov[layer] = load_memit_npz(imported[layer])[0]
+            log.info("key statistics for layer %d imported from %s", layer, imported[layer])
+            continue
         hit = cache.get_cov(layer) if cache else None
         if hit is not None:
             cov[layer] = hit

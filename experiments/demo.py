@@ -50,8 +50,8 @@ def stats_corpus(model, workdir: Path) -> Path:
     path = workdir / "model_samples.txt"
     if not path.exists():
         logging.info("no WikiText here: sampling a statistics corpus from the model itself")
-        seeds = ["The", "In", "A", "It", "When", "One", "He", "She", "This", "There", "My", "We"] * 22
-        texts = model.generate(seeds, 48, top_k=40, key=jax.random.key(0))
+        seeds = ["The", "In", "A", "It", "When", "One", "He", "She", "This", "There", "My", "We"] * 3
+        texts = model.generate(seeds, 40, top_k=40, key=jax.random.key(0))
         corpus.write_text_corpus([" ".join((s + t).split()) for s, t in zip(seeds, texts)], path)
     return path
 

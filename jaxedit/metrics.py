@@ -28,10 +28,12 @@ from jaxedit.requests import EditRequest
 
 @functools.partial(jax.jit, static_argnums=0)
 def _answer_logprobs(graphdef, params, ids, mask, pos, answer_ids):
-    """Log-probabilities `[b, a]` of `answer_ids` read from the logits at `pos` (one before each)."""
+    """Log-probabilities `[b, a]` of `answer_ids` read from the logits at `pos` (one before each), and
+    whether each answer token is the argmax there (teacher forcing)."""
     logits = nnx.merge(graphdef, params)(ids, mask, Probe(logits_index=pos)).logits
     logp = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logp, answer_ids[:, :, None], axis=-1)[..., 0]
+    top = jnp.argmax(logits, axis=-1) == answer_ids
+    return jnp.take_along_axis(logp, answer_ids[:, :, None], axis=-1)[..., 0], top
 
 
 def answer_nll(
@@ -39,9 +41,11 @@ def answer_nll(
     pairs: Sequence[tuple[str, str]],
     batch_size: int = 64,
     return_lengths: bool = False,
+    return_accuracy: bool = False,
 ):
-    """Mean per-token NLL of each answer after its prompt (answers get a leading space), and with
-    `return_lengths` the number of answer tokens of each pair."""
+    """Mean per-token NLL of each answer after its prompt (answers get a leading space); with
+    `return_lengths` also the number of answer tokens, with `return_accuracy` also the fraction of
+    answer tokens that are the argmax under teacher forcing."""
     tok = model.tokenizer
     rows = []
     for prompt, answer in pairs:
@@ -52,6 +56,7 @@ def answer_nll(
             raise ValueError(f"answer {answer!r} adds no tokens after prompt {prompt!r}")
         rows.append((full, n_prefix, n_ans))
     out = np.zeros(len(rows), np.float64)
+    acc = np.zeros(len(rows), np.float64)
     order = np.argsort([len(r[0]) for r in rows])  # similar lengths together: less padding
     for start in range(0, len(rows), batch_size):
         chunk = [rows[i] for i in order[start : start + batch_size]]
@@ -69,11 +74,57 @@ def answer_nll(
             pos[i, :n_ans] = np.arange(n_prefix - 1, n_prefix - 1 + n_ans)
             ans[i, :n_ans] = full[n_prefix:]
             amask[i, :n_ans] = 1
-        lp = np.asarray(_answer_logprobs(model.graphdef, model.params, ids, mask, pos, ans))
+        lp, top = _answer_logprobs(model.graphdef, model.params, ids, mask, pos, ans)
+        lp, top = np.asarray(lp), np.asarray(top)
         nll = -(lp * amask).sum(-1) / np.maximum(amask.sum(-1), 1)
         out[order[start : start + batch_size]] = nll[: len(chunk)]
+        acc[order[start : start + batch_size]] = ((top * amask).sum(-1) / np.maximum(amask.sum(-1), 1))[
+            : len(chunk)]
+    result = [out]
     if return_lengths:
-        return out, np.array([r[2] for r in rows])
+        result.append(np.array([r[2] for r in rows]))
+    if return_accuracy:
+        result.append(acc)
+    return result[0] if len(result) == 1 else tuple(result)
+
+
+def hmean(values: Sequence[float]) -> float:
+    """Harmonic mean (scipy.stats.hmean); 0 if any value is 0."""
+    values = [float(v) for v in values]
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)
+
+
+def summarize_counterfact(records: Sequence[dict]) -> dict:
+    """Scores (×100, mean over records of per-record means) from per-record results.
+
+    Each record maps "rewrite" / "paraphrase" / "neighborhood" to a list of per-prompt dicts with
+    `target_new` / `target_true` (mean token NLLs) and optionally `new_acc` / `true_acc` (1.0 when every
+    answer token is the teacher-forced argmax). Returns ES/PS/NS (probability comparison), the `_diff`
+    magnitude variants (mean exp(-NLL_new) - exp(-NLL_true), sign flipped for the neighbourhood), the
+    `_acc` variants (new answer for rewrite/paraphrase, true answer for the neighbourhood) and the
+    Overall Score S = hmean(ES, PS, NS).
+    """
+    out = {}
+    for name, key in (("rewrite", "ES"), ("paraphrase", "PS"), ("neighborhood", "NS")):
+        success, diff, acc = [], [], []
+        for rec in records:
+            prompts = rec.get(name) or []
+            if not prompts:
+                continue
+            sign = -1.0 if name == "neighborhood" else 1.0
+            success.append(np.mean([(sign * (p["target_true"] - p["target_new"])) > 0 for p in prompts]))
+            diff.append(np.mean([sign * (np.exp(-p["target_new"]) - np.exp(-p["target_true"]))
+                                 for p in prompts]))
+            acc_key = "true_acc" if name == "neighborhood" else "new_acc"
+            if all(acc_key in p for p in prompts):
+                acc.append(np.mean([p[acc_key] >= 1.0 for p in prompts]))
+        out[key] = 100.0 * float(np.mean(success)) if success else float("nan")
+        out[f"{key}_diff"] = 100.0 * float(np.mean(diff)) if diff else float("nan")
+        if acc:
+            out[f"{key}_acc"] = 100.0 * float(np.mean(acc))
+    out["S"] = hmean([out["ES"], out["PS"], out["NS"]])
     return out
 
 
@@ -96,19 +147,40 @@ def counterfact_scores(model: LanguageModel, requests: Sequence[EditRequest]) ->
                 index.append((name, j, len(pairs)))
                 pairs.append((p, req.target_new))
                 pairs.append((p, true))
-    nll = answer_nll(model, pairs)
+    nll, acc = answer_nll(model, pairs, return_accuracy=True)
     per = {name: [[] for _ in requests] for name in sets}
     for name, j, k in index:
-        per[name][j].append({"target_new": float(nll[k]), "target_true": float(nll[k + 1])})
+        per[name][j].append({"target_new": float(nll[k]), "target_true": float(nll[k + 1]),
+                             "new_acc": float(acc[k]), "true_acc": float(acc[k + 1])})
+    records = [{name: per[name][j] for name in sets} for j in range(len(requests))]
+    scores = summarize_counterfact(records)
+    return {"scores": scores, "records": per}
+
+
+def zsre_scores(model: LanguageModel, requests: Sequence[EditRequest]) -> dict:
+    """zsRE teacher-forced token accuracy (×100): of the new target on the rewrite and paraphrase
+    prompts, and of the true answer (`neighborhood_target`) on the neighbourhood prompt (SPEC §6.4).
+
+    One teacher-forced pass over f"{prompt} {answer}" per pair; the reference re-tokenizes the prompt with
+    each answer prefix, which gives the same tokens except where BPE merges across the boundary.
+    """
+    pairs, index = [], []
+    for j, r in enumerate(requests):
+        sets = [("rewrite", [r.filled_prompt()], r.target_new),
+                ("paraphrase", r.paraphrase_prompts, r.target_new)]
+        if r.neighborhood_target:
+            sets.append(("neighborhood", r.neighborhood_prompts, r.neighborhood_target))
+        for name, prompts, answer in sets:
+            for p in prompts:
+                index.append((name, j))
+                pairs.append((p, answer))
+    _, acc = answer_nll(model, pairs, return_accuracy=True)
+    per = {name: [[] for _ in requests] for name in ("rewrite", "paraphrase", "neighborhood")}
+    for (name, j), a in zip(index, acc):
+        per[name][j].append(float(a))
     scores = {}
-    for name, key in (("rewrite", "ES"), ("paraphrase", "PS"), ("neighborhood", "NS")):
-        vals = []
-        for recs in per[name]:
-            if not recs:
-                continue
-            if name == "neighborhood":
-                vals.append(np.mean([r["target_true"] < r["target_new"] for r in recs]))
-            else:
-                vals.append(np.mean([r["target_new"] < r["target_true"] for r in recs]))
+    for name, key in (("rewrite", "efficacy"), ("paraphrase", "generalization"),
+                      ("neighborhood", "specificity")):
+        vals = [np.mean(v) for v in per[name] if v]
         scores[key] = 100.0 * float(np.mean(vals)) if vals else float("nan")
     return {"scores": scores, "records": per}

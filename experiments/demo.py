@@ -26,7 +26,7 @@ from jaxedit import corpus, editor, hparams, hub, metrics, requests, stats
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "Preset name, HF directory, .gguf path or hub id.")
 flags.DEFINE_integer("max_new_tokens", 8, "Greedy tokens to show per prompt.")
-flags.DEFINE_integer("stats_samples", 2185, "Documents for C0.")
+flags.DEFINE_integer("stats_samples", 600, "Documents for C0 (the first run computes and caches it).")
 
 EDITS = [
     {"prompt": "The Eiffel Tower is located in the city of", "subject": "The Eiffel Tower",

@@ -14,11 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FAMILIES
 from jaxedit import config, editor, solve, stats
 from jaxedit.models import rewrite_path
 from jaxedit.requests import EditRequest, RequestError
-from test_search import FIXED, TEMPLATES, VOCAB, gpt2_tokenizer, tiny_lm
+from test_search import FIXED, TEMPLATES, VOCAB, lm, tiny_lm, tokenizer  # noqa: F401 (fixtures)
 
 LAYERS = (1, 2)
 COV_WEIGHT = 1.0  # small λ_p so that the tiny model's edits land
@@ -90,16 +89,6 @@ def target_probs(lm, batch) -> np.ndarray:
     p /= p.sum(-1, keepdims=True)
     ids = [lm.tokenizer(" " + r.target_new.strip())["input_ids"][0] for r in batch]
     return p[np.arange(len(batch)), ids]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
-def lm(request, tokenizer):
-    return tiny_lm(request.param, tokenizer)
 
 
 @pytest.fixture(scope="module")

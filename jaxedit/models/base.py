@@ -89,6 +89,14 @@ class CausalLM(nnx.Module):
     `unembed` and `num_layers`; the loop over blocks and all probe semantics live here."""
 
     num_layers: int
+    family: str = ""
+
+    def _setup(self, cfg) -> None:
+        """Checks the config's family and records what the block loop needs."""
+        if cfg.family != self.family:
+            raise ValueError(f"{type(self).__name__} needs a {self.family} config, got family={cfg.family!r}")
+        self.config = cfg
+        self.num_layers = cfg.num_layers
 
     def __call__(
         self,

@@ -84,11 +84,10 @@ class GPT2Model(nnx.Module):
 class GPT2LMHeadModel(base.CausalLM):
     """GPT-2 causal LM; `transformer.*` mirrors the HF module tree, the head is `wte.attend`."""
 
+    family = "gpt2"
+
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        if cfg.family != "gpt2":
-            raise ValueError(f"GPT2LMHeadModel needs a gpt2 config, got family={cfg.family!r}")
-        self.config = cfg
-        self.num_layers = cfg.num_layers
+        self._setup(cfg)
         self.transformer = GPT2Model(cfg, dtype=dtype, rngs=rngs)
 
     def embed(self, input_ids: Array, positions: Array) -> Array:

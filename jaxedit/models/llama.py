@@ -95,11 +95,10 @@ class LlamaModel(nnx.Module):
 class LlamaForCausalLM(base.CausalLM):
     """Llama causal LM; `model.*` and `lm_head` mirror the HF module tree."""
 
+    family = "llama"
+
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        if cfg.family != "llama":
-            raise ValueError(f"LlamaForCausalLM needs a llama config, got family={cfg.family!r}")
-        self.config = cfg
-        self.num_layers = cfg.num_layers
+        self._setup(cfg)
         # A static constant (hashable tuple), not a parameter.
         self.inv_freq = tuple(float(x) for x in rope_inv_freq(cfg))
         self.model = LlamaModel(cfg, dtype=dtype, rngs=rngs)

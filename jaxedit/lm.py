@@ -30,6 +30,7 @@ from flax import nnx
 
 from jaxedit import convert
 from jaxedit.models import CausalLM, ModelConfig, Probe
+from jaxedit.models.layers import merge_cache
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +69,24 @@ def _logits(graphdef, params, input_ids, mask):
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 7))
 def _decode(graphdef, params, input_ids, lengths, max_new_tokens, eos_id, key, top_k):
-    """Decoding in one `while_loop` over a fixed token buffer: greedy when `top_k == 0`, else sampling
-    from the renormalised top-k (the reference's `generate_fast`). No KV cache: each step re-runs the
-    buffer, which is cheap at the lengths editing uses and keeps one compiled shape."""
+    """Decoding in one `while_loop` over a fixed token buffer with a KV cache: a prefill pass over the
+    prompts, then one window-mode pass per new token (`Probe.window_start` from layer 0) whose keys/values
+    are written into the cache. Greedy when `top_k == 0`, else sampling from the renormalised top-k (the
+    reference's `generate_fast`)."""
     model: CausalLM = nnx.merge(graphdef, params)
     b, t = input_ids.shape
     rows = jnp.arange(b)
+    layers = tuple(range(model.num_layers))
+    prompt_mask = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.int32)
+    first = model(input_ids, prompt_mask, Probe(logits_index=(lengths - 1)[:, None], kv_layers=layers))
 
     def cond(carry):
-        step, _, done, _ = carry
+        step, _, done, _, _, _ = carry
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def body(carry):
-        step, ids, done, key = carry
+        step, ids, done, key, logits, cache = carry
         pos = lengths + step
-        mask = (jnp.arange(t)[None, :] < pos[:, None]).astype(jnp.int32)
-        probe = Probe(logits_index=(pos - 1)[:, None])
-        logits = model(ids, mask, probe).logits[:, 0]
         if top_k:
             key, sub = jax.random.split(key)
             top, idx = jax.lax.top_k(logits, top_k)
@@ -94,10 +96,18 @@ def _decode(graphdef, params, input_ids, lengths, max_new_tokens, eos_id, key, t
             nxt = jnp.argmax(logits, axis=-1).astype(ids.dtype)
         nxt = jnp.where(done | (pos >= t), eos_id, nxt)
         ids = ids.at[rows, jnp.minimum(pos, t - 1)].set(jnp.where(pos < t, nxt, ids[rows, t - 1]))
-        return step + 1, ids, done | (nxt == eos_id) | (pos + 1 >= t), key
+        done = done | (nxt == eos_id) | (pos + 1 >= t)
+        at = jnp.minimum(pos, t - 1)
+        mask = (jnp.arange(t)[None, :] <= at[:, None]).astype(jnp.int32)
+        probe = Probe(window_start=at, kv_cache=cache, kv_layers=layers,
+                      logits_index=jnp.zeros((b, 1), jnp.int32))
+        out = model(ids, mask, probe)
+        cache = {i: tuple(merge_cache(c, n, at[:, None]) for c, n in zip(cache[i], out.kv[i]))
+                 for i in layers}
+        return step + 1, ids, done, key, out.logits[:, 0], cache
 
-    init = (jnp.int32(0), input_ids, jnp.zeros((b,), bool), key)
-    _, ids, _, _ = jax.lax.while_loop(cond, body, init)
+    init = (jnp.int32(0), input_ids, jnp.zeros((b,), bool), key, first.logits[:, 0], first.kv)
+    _, ids, _, _, _, _ = jax.lax.while_loop(cond, body, init)
     return ids
 
 

@@ -21,6 +21,8 @@ window's queries over the full-length keys/values of an earlier pass (`kv_layers
 keys/values written in. Positions before the window are not recomputed: when a delta is added at the
 window's first token, nothing before it changes (causality), so this gives the full pass's results at
 the window positions. `delta_index`, `read_index` and `logits_index` then count within the window.
+With `start_layer == 0` (no `hidden`), the window's `window_size` tokens are read from `input_ids` and
+embedded: one decoding step over a KV cache.
 
 All positions count from the left (right padding): `positions = arange(t)` for every row.
 """
@@ -58,6 +60,7 @@ class Probe:
     start_layer: int = _static(0)
     stop_layer: int | None = _static(None)  # last block to run; None = all and compute logits
     kv_layers: tuple[int, ...] = _static(())  # return attention keys/values of these blocks
+    window_size: int = _static(1)  # window mode from layer 0: tokens per row from window_start
 
 
 @jax.tree_util.register_dataclass
@@ -120,14 +123,17 @@ class CausalLM(nnx.Module):
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         window = probe.window_start is not None
         if window:
-            if probe.start_layer == 0 or probe.hidden is None or probe.kv_cache is None:
-                raise ValueError("window mode needs start_layer > 0, hidden [b, w, d] and kv_cache")
-            w = probe.hidden.shape[1]
+            if probe.kv_cache is None or (probe.start_layer > 0) != (probe.hidden is not None):
+                raise ValueError("window mode needs kv_cache, and hidden [b, w, d] exactly when "
+                                 "start_layer > 0 (from layer 0: window_size tokens of input_ids)")
+            w = probe.hidden.shape[1] if probe.hidden is not None else probe.window_size
             query_pos = probe.window_start[:, None] + jnp.arange(w, dtype=jnp.int32)[None, :]
             ctx = self.context(positions, attention_mask, query_pos)
         else:
             ctx = self.context(positions, attention_mask)
-        if probe.start_layer == 0:
+        if probe.start_layer == 0 and window:  # embed only the window's tokens (KV-cached decoding)
+            h = self.embed(jnp.take_along_axis(input_ids, jnp.minimum(query_pos, t - 1), axis=1), query_pos)
+        elif probe.start_layer == 0:
             h = self.embed(input_ids, positions)
         else:
             if probe.hidden is None:

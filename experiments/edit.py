@@ -1,20 +1,35 @@
-"""Sequential editing run: load a model and its key statistics, edit a dataset slice batch by batch.
+"""Sequential editing run (the paper's protocol, SPEC §6.2, §7, §8): N edits in batches of B, evaluated
+as it goes, resumable.
 
     python experiments/edit.py --config=configs/encore_smollm2.py \
-        --data_path=../shared/data/counterfact/counterfact-edit.json --num_edits=100 --batch_size=10 \
-        --stats_text=../shared/data/text/wikitext-2-raw.wiki.test.raw --workdir=runs/encore
+        --data_path=../shared/data/counterfact/counterfact-edit.json --num_edits=1000 --batch_size=100 \
+        --downstream=sst2,mrpc,cola,rte,nli,mmlu --downstream_every=2 --workdir=runs/encore
 
-Writes `{workdir}/run.json` (config, templates, model, data), one JSON line per batch to
-`{workdir}/batches.jsonl` (times, search steps, target probabilities, norms), `{workdir}/final.json`
-(CounterFact scores of the edited records before/after), optional per-batch arrays to `--dump_dir` and the
-edited model to `--export_dir`. Bad input exits non-zero before any edit, and no model is written.
+Order of work:
+  1. the unedited baseline, once, on the original weights (`baseline.json`, or `--baseline` reuses one
+     from another run on the same model and data): editing metrics of every record to be edited,
+     Generation Entropy of the final evaluation subset, downstream scores, weight norms and activation
+     shares;
+  2. per batch: edit; score the batch's own records right after it is written (`eval`, with the same
+     records' baseline as `eval_before`); ‖W‖_F of every layer's MLP output matrix; one line in
+     `batches.jsonl`; every `--downstream_every` batches (and after the last) a snapshot of the edited
+     matrices, downstream scores (`downstream.jsonl`) and activation shares (`activation.jsonl`); then a
+     checkpoint (`checkpoint.npz`: edited matrices, previous-edit caches, batches done);
+  3. at the end, `final.json`: editing metrics (ES/PS/NS/S, _acc, _diff; GE on a seeded subset) of all
+     edited records (or a seeded fraction, as the reference's 20 %) against the same baseline.
+
+Interrupted runs resume from the checkpoint with the same command: lines written for batches after it
+are dropped and those batches redone (deterministic), so no edit is lost or applied twice.
+`--max_batches` stops cleanly after that many batches of this invocation. `--evaluate_snapshots` fills in
+missing downstream tasks/activation points from the saved snapshots (e.g. a task added later).
+Bad input exits non-zero before any edit, and no model is written.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,15 +40,18 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import jaxedit
+from jaxedit import analysis, downstream, editor, hub, metrics, stats, templates
 from jaxedit import config as config_lib
-from jaxedit import editor, hub, metrics, stats, templates
 from jaxedit import requests as requests_lib
+from jaxedit.corpus import wikitext_paragraphs
+from jaxedit.models import rewrite_path
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/encore_smollm2.py", "A configs/*.py file.")
 flags.DEFINE_string("model", None, "Preset, HF directory or GGUF path (default: the config's).")
 flags.DEFINE_enum("method", None, list(config_lib.METHODS), "Override the config's method.")
 flags.DEFINE_string("hparams_json", None, "The authors' hparams JSON (overrides the config).")
+flags.DEFINE_string("label", None, "Name of this run in tables and plots (default: from the config).")
 flags.DEFINE_string("requests", None, "JSON/JSONL file of requests in any accepted layout.")
 flags.DEFINE_string("data_path", None, "Dataset file (CounterFact/zsRE) to slice with --start/--num_edits.")
 flags.DEFINE_integer("start", 0, "First record of --data_path.")
@@ -48,8 +66,49 @@ flags.DEFINE_string("stats_npz", None, "Directory of MEMIT's published statistic
 flags.DEFINE_string("stats_dir", None, "Cache directory for statistics (default: $JAXEDIT_CACHE/stats).")
 flags.DEFINE_string("dump_dir", None, "Write batch_{k:03d}.npz arrays here.")
 flags.DEFINE_string("export_dir", None, "Write the edited model here (Hugging Face format).")
-flags.DEFINE_string("workdir", None, "Run directory for logs and results.", required=True)
-flags.DEFINE_bool("evaluate", True, "Score the edited records before and after (ES/PS/NS).")
+flags.DEFINE_string("workdir", None, "Run directory (created; resumed when it holds this run).",
+                    required=True)
+flags.DEFINE_bool("overwrite", False, "Delete the results of an earlier run in --workdir first.")
+flags.DEFINE_integer("max_batches", None, "Stop (resumable) after this many batches of this invocation.")
+flags.DEFINE_bool("evaluate", True, "Editing metrics: baseline, per batch and final.")
+flags.DEFINE_bool("eval_batches", True, "Score each batch's own records right after it is written.")
+flags.DEFINE_float("final_fraction", 1.0, "Fraction of the edited records scored at the end (seeded; "
+                   "the reference uses 0.2).")
+flags.DEFINE_float("generation_fraction", 0.2, "Fraction of the edited records whose generation "
+                   "prompts are sampled for Generation Entropy (seeded; 0 disables GE).")
+flags.DEFINE_integer("eval_seed", 42, "Seed of the evaluated subsets and of the GE sampling.")
+flags.DEFINE_string("generation_pool", None, "Generation-prompt pool for records without their own "
+                    "(default: $JAXEDIT_DATA/counterfact/cf_generation_prompts.json when present).")
+flags.DEFINE_list("downstream", [], "Downstream tasks (sst2,mrpc,cola,rte,nli,mmlu,sentiment_analysis,"
+                  "dialogue).")
+flags.DEFINE_integer("downstream_every", 0, "Evaluate downstream tasks every k batches (0: only at "
+                     "the end when --downstream is given).")
+flags.DEFINE_integer("downstream_tests", 100, "Test items per downstream task.")
+flags.DEFINE_integer("downstream_shots", 4, "Few-shot examples per prompt.")
+flags.DEFINE_enum("downstream_quirks", "clean", ["clean", "reference"], "Reference prompt/parse quirks.")
+flags.DEFINE_string("downstream_data", None, "Folder of the downstream sets (default "
+                    "$JAXEDIT_DATA/downstream).")
+flags.DEFINE_integer("activation_texts", 32, "WikiText paragraphs for the activation-norm shares at "
+                     "each downstream point (0: off).")
+flags.DEFINE_string("baseline", None, "Reuse the baseline.json of another run on the same model, data "
+                    "and evaluation settings.")
+flags.DEFINE_bool("evaluate_snapshots", False, "Only fill in missing downstream/activation results "
+                  "from the run's snapshots, then exit.")
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("JAXEDIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def default_label(cfg: config_lib.EditConfig) -> str:
+    if cfg.method == "ENCORE":
+        return "ENCORE"
+    name = "MEMIT" if cfg.method == "MEMIT_seq" else cfg.method
+    if cfg.search.mpes_patience:
+        name += "+MPES"
+    if cfg.solve.norm_lambda:
+        name += "+norm"
+    return name
 
 
 def resolve_config() -> config_lib.EditConfig:
@@ -65,8 +124,7 @@ def resolve_config() -> config_lib.EditConfig:
     if FLAGS.stats_samples:
         cfg.stats.num_samples = FLAGS.stats_samples
     if not cfg.stats.text:
-        default = Path(os.environ.get("JAXEDIT_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
-        default = default / "text" / "wikitext-2-raw.wiki.test.raw"
+        default = data_root() / "text" / "wikitext-2-raw.wiki.test.raw"
         if not default.exists():
             raise app.UsageError("no statistics corpus: pass --stats_text (or set JAXEDIT_DATA)")
         cfg.stats.text = str(default)
@@ -103,6 +161,225 @@ def dump_batch(path: Path, k: int, rep: editor.BatchReport, layers) -> None:
     np.savez(path / f"batch_{k:03d}.npz", **arrays)
 
 
+# --------------------------------------------------------------------------------------------------
+# files of a run directory
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row, default=float) + "\n")
+
+
+RESULT_FILES = ("run.json", "baseline.json", "batches.jsonl", "downstream.jsonl", "activation.jsonl",
+                "final.json", "checkpoint.npz")
+IDENTITY = ("config", "model", "data", "start", "num_requests", "batch_size", "case_ids")
+
+
+def check_resumable(workdir: Path, run: dict) -> bool:
+    """True when `workdir` holds this very run (same config, model, data and batches)."""
+    path = workdir / "run.json"
+    if not path.exists():
+        return False
+    old = json.loads(path.read_text())
+    diff = [k for k in IDENTITY if json.dumps(old.get(k), default=str) != json.dumps(run.get(k), default=str)]
+    if diff:
+        raise app.UsageError(
+            f"--workdir={workdir} holds another run (differs in {', '.join(diff)}): use a new --workdir, "
+            "or --overwrite to discard it")
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def records_view(res: dict) -> list[dict]:
+    """counterfact_scores' {"records": {set: [per record]}} as one dict per record."""
+    per = res["records"]
+    n = len(next(iter(per.values())))
+    return [{name: per[name][j] for name in per} for j in range(n)]
+
+
+def seeded_subset(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Indices of a reproducible random fraction of n records (all when fraction >= 1)."""
+    if fraction >= 1.0:
+        return np.arange(n)
+    if fraction <= 0.0:
+        return np.arange(0)
+    return np.flatnonzero(np.random.default_rng(seed).random(n) < fraction)
+
+
+class Evaluator:
+    """Everything measured on a model: editing metrics, GE, downstream, norms, activation shares."""
+
+    def __init__(self, model, cfg, reqs):
+        self.model, self.cfg, self.reqs = model, cfg, reqs
+        self.zsre = bool(reqs) and reqs[0].layout == "zsre"
+        self.final_idx = seeded_subset(len(reqs), FLAGS.final_fraction, FLAGS.eval_seed)
+        self.gen_idx = (np.arange(0) if self.zsre else
+                        seeded_subset(len(reqs), FLAGS.generation_fraction, FLAGS.eval_seed + 1))
+        pool = FLAGS.generation_pool or data_root() / "counterfact" / "cf_generation_prompts.json"
+        self.pool = str(pool) if Path(pool).exists() else None
+        self.tasks = [t.strip() for t in FLAGS.downstream if t.strip()]
+        self.downstream_data = FLAGS.downstream_data or str(data_root() / "downstream")
+        self.texts = None
+        if FLAGS.activation_texts:
+            self.texts = wikitext_paragraphs(cfg.stats.text)[: FLAGS.activation_texts] \
+                if cfg.stats.text.endswith(".raw") else stats.read_corpus(cfg.stats.text,
+                                                                          FLAGS.activation_texts)
+
+    def settings(self) -> dict:
+        return {"final_fraction": FLAGS.final_fraction, "generation_fraction": FLAGS.generation_fraction,
+                "eval_seed": FLAGS.eval_seed, "generation_pool": self.pool,
+                "final_records": len(self.final_idx), "generation_records": len(self.gen_idx),
+                "downstream": {"tasks": self.tasks, "every": FLAGS.downstream_every,
+                               "num_tests": FLAGS.downstream_tests, "num_few_shots": FLAGS.downstream_shots,
+                               "quirks": FLAGS.downstream_quirks},
+                "activation_texts": FLAGS.activation_texts}
+
+    def editing(self, model, reqs) -> dict:
+        """Per-record results and scores of `reqs` on `model`."""
+        if self.zsre:
+            return metrics.zsre_scores(model, reqs)
+        return metrics.counterfact_scores(model, reqs)
+
+    def generation_entropy(self, model) -> dict | None:
+        if not len(self.gen_idx) or self.pool is None and not any(r.generation_prompts for r in self.reqs):
+            return None
+        reqs = [self.reqs[i] for i in self.gen_idx]
+        res = metrics.counterfact_generation_entropy(model, reqs, pool_path=self.pool, seed=FLAGS.eval_seed)
+        return {k: v for k, v in res.items() if k not in ("per_record", "texts")}
+
+    def downstream(self, model, tasks=None) -> dict:
+        tasks = self.tasks if tasks is None else tasks
+        if not tasks:
+            return {}
+        return downstream.evaluate_downstream(
+            model, tasks, self.downstream_data, num_tests=FLAGS.downstream_tests,
+            num_few_shots=FLAGS.downstream_shots, quirks=FLAGS.downstream_quirks)
+
+    def activation(self, model) -> dict | None:
+        if not self.texts:
+            return None
+        return analysis.activation_norm_proportion(model, self.texts).as_dict()
+
+    def baseline(self) -> dict:
+        t0 = time.perf_counter()
+        out = {"model": self.model.source, "case_ids": [r.case_id for r in self.reqs],
+               "settings": self.settings(),
+               "layer_norms": analysis.weight_norms(self.model.params, self.model.config).tolist()}
+        if FLAGS.evaluate:
+            res = self.editing(self.model, self.reqs)
+            out["records"] = records_view(res) if not self.zsre else res["records"]
+            out["editing"] = res["scores"]
+            ge = self.generation_entropy(self.model)
+            if ge is not None:
+                out["generation"] = ge
+        out["downstream"] = self.downstream(self.model)
+        act = self.activation(self.model)
+        if act is not None:
+            out["activation"] = act
+        out["time_s"] = time.perf_counter() - t0
+        return out
+
+    def before(self, baseline: dict, idx) -> dict:
+        """Scores of the records `idx` on the unedited model, from the baseline's per-record results."""
+        if self.zsre:
+            recs = {name: [baseline["records"][name][i] for i in idx] for name in baseline["records"]}
+            return metrics.summarize_zsre(recs)
+        return metrics.summarize_counterfact([baseline["records"][i] for i in idx])
+
+
+def layer_norm_line(params, original, cfg, model_cfg) -> dict:
+    norms = analysis.weight_norms(params, model_cfg)
+    dist = analysis.distance_from_original(params, original, model_cfg, cfg.layers)
+    return {"layer_norms": norms.tolist(),
+            "distance_from_original": {str(l): float(d) for l, d in zip(cfg.layers, dist)}}
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def snapshot_path(workdir: Path, num_edits: int) -> Path:
+    return workdir / "snapshots" / f"edits_{num_edits:06d}.npz"
+
+
+def save_snapshot(workdir: Path, ed: editor.Editor, state) -> None:
+    path = snapshot_path(workdir, state.num_edits)
+    path.parent.mkdir(exist_ok=True)
+    arrays = {k: v for k, v in ed.state_arrays(state).items() if not k.startswith("prev_kkt")}
+    np.savez(path.with_suffix(".tmp.npz"), **arrays)
+    os.replace(path.with_suffix(".tmp.npz"), path)
+
+
+def evaluate_point(workdir: Path, ev: Evaluator, model, batch: int, num_edits: int) -> None:
+    t0 = time.perf_counter()
+    if ev.tasks:
+        res = ev.downstream(model)
+        append_jsonl(workdir / "downstream.jsonl", {"num_edits": num_edits, "batch": batch, "tasks": res,
+                                                    "quirks": FLAGS.downstream_quirks,
+                                                    "time_s": time.perf_counter() - t0})
+        logging.info("downstream after %d edits: %s", num_edits,
+                     {t: round(r["f1"], 3) for t, r in res.items()})
+    act = ev.activation(model)
+    if act is not None:
+        append_jsonl(workdir / "activation.jsonl", {"num_edits": num_edits, "batch": batch, **act})
+
+
+def fill_snapshots(workdir: Path, ev: Evaluator, ed: editor.Editor) -> None:
+    """Adds missing downstream tasks and activation points for every saved snapshot."""
+    down = read_jsonl(workdir / "downstream.jsonl")
+    acts = read_jsonl(workdir / "activation.jsonl")
+    points = [(0, None)] + [(int(p.stem.split("_")[1]), p)
+                            for p in sorted((workdir / "snapshots").glob("edits_*.npz"))]
+    for num_edits, path in points:
+        batch = -(-num_edits // FLAGS.batch_size) - 1
+        if path is None:
+            model = ed.model
+        else:
+            with np.load(path) as z:
+                model = ed.edited_model(ed.restore_state({**dict(z), **_zero_kkt(ed)}))
+        row = next((r for r in down if r["num_edits"] == num_edits), None)
+        missing = [t for t in ev.tasks if row is None or t not in row["tasks"]]
+        if missing:
+            res = ev.downstream(model, missing)
+            if row is None:
+                row = {"num_edits": num_edits, "batch": batch, "tasks": {}, "quirks": FLAGS.downstream_quirks}
+                down.append(row)
+            row["tasks"].update(res)
+            logging.info("after %d edits: evaluated %s", num_edits, missing)
+        if ev.texts and not any(r["num_edits"] == num_edits for r in acts):
+            acts.append({"num_edits": num_edits, "batch": batch, **ev.activation(model)})
+    write_jsonl(workdir / "downstream.jsonl", sorted(down, key=lambda r: r["num_edits"]))
+    if acts:
+        write_jsonl(workdir / "activation.jsonl", sorted(acts, key=lambda r: r["num_edits"]))
+
+
+def _zero_kkt(ed: editor.Editor) -> dict:
+    if not ed.uses_prev_cache:
+        return {}
+    f = ed.model.config.intermediate_size
+    return {f"prev_kkt_L{l}": np.zeros((f, f), np.float32) for l in ed.cfg.layers}
+
+
 def main(argv):
     del argv
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -121,6 +398,16 @@ def main(argv):
     cfg.templates = tuple(tuple(g) for g in tmpl)
     cfg.validate(model.config.num_layers)
 
+    run = {"label": FLAGS.label or default_label(cfg), "config": config_lib.to_dict(cfg),
+           "model": model.source, "num_layers": model.config.num_layers, "num_requests": len(reqs),
+           "data": FLAGS.requests or FLAGS.data_path, "start": FLAGS.start, "batch_size": FLAGS.batch_size,
+           "case_ids": [r.case_id for r in reqs], "devices": [str(d) for d in jax.devices()]}
+    if FLAGS.overwrite:
+        for name in RESULT_FILES:
+            (workdir / name).unlink(missing_ok=True)
+        shutil.rmtree(workdir / "snapshots", ignore_errors=True)
+    resuming = check_resumable(workdir, run)
+
     stats_dir = FLAGS.stats_dir or str(hub.cache_dir() / "stats")
     t0 = time.perf_counter()
     layer_stats = stats.layer_stats(
@@ -129,37 +416,119 @@ def main(argv):
         null_threshold=cfg.solve.nullspace_threshold if cfg.method == "AlphaEdit" else None,
         memit_dir=FLAGS.stats_npz,
     )
-    stats_time = time.perf_counter() - t0
+    run["stats_time_s"] = time.perf_counter() - t0
+    ed = editor.Editor(model, cfg, layer_stats, cfg.templates, max_journal=1)
+    ev = Evaluator(model, cfg, reqs)
+    run["evaluation"] = ev.settings()
     workdir.mkdir(parents=True, exist_ok=True)
-    run = {"config": config_lib.to_dict(cfg), "model": model.source, "num_requests": len(reqs),
-           "data": FLAGS.requests or FLAGS.data_path, "start": FLAGS.start,
-           "batch_size": FLAGS.batch_size, "stats_time_s": stats_time,
-           "devices": [str(d) for d in jax.devices()]}
-    (workdir / "run.json").write_text(json.dumps(run, indent=2, default=str))
+    if not resuming:
+        write_json(workdir / "run.json", run)
 
-    before = metrics.counterfact_scores(model, reqs)["scores"] if FLAGS.evaluate else None
-    ed = editor.Editor(model, cfg, layer_stats, cfg.templates)
+    if FLAGS.evaluate_snapshots:
+        fill_snapshots(workdir, ev, ed)
+        return
+
+    # 1. The unedited baseline, once.
+    base_path = workdir / "baseline.json"
+    if base_path.exists():
+        baseline = json.loads(base_path.read_text())
+    elif FLAGS.baseline:
+        baseline = json.loads(Path(FLAGS.baseline).read_text())
+        if baseline.get("model") != model.source or baseline.get("case_ids") != run["case_ids"] or \
+                json.dumps(baseline.get("settings"), default=str) != json.dumps(ev.settings(), default=str):
+            raise app.UsageError(f"--baseline={FLAGS.baseline} was computed for another model, records or "
+                                 "evaluation settings: drop the flag to compute this run's own")
+        write_json(base_path, baseline)
+    else:
+        logging.info("computing the unedited baseline")
+        baseline = ev.baseline()
+        write_json(base_path, baseline)
+        if ev.tasks:
+            append_jsonl(workdir / "downstream.jsonl", {"num_edits": 0, "batch": -1,
+                                                        "tasks": baseline["downstream"],
+                                                        "quirks": FLAGS.downstream_quirks})
+        if "activation" in baseline:
+            append_jsonl(workdir / "activation.jsonl", {"num_edits": 0, "batch": -1,
+                                                        **baseline["activation"]})
+    for name in ("downstream.jsonl", "activation.jsonl"):  # a reused baseline still opens the curves
+        if name == "downstream.jsonl" and ev.tasks or name == "activation.jsonl" and "activation" in baseline:
+            rows = read_jsonl(workdir / name)
+            if not any(r["batch"] == -1 for r in rows):
+                key = "downstream" if name.startswith("down") else "activation"
+                first = ({"tasks": baseline[key], "quirks": FLAGS.downstream_quirks} if key == "downstream"
+                         else baseline[key])
+                write_jsonl(workdir / name, [{"num_edits": 0, "batch": -1, **first}, *rows])
+
+    # 2. Resume from the checkpoint: keep what belongs to finished batches, redo the rest.
     state = ed.init_state()
-    with open(workdir / "batches.jsonl", "w") as log_file:
-        for k in range(0, len(reqs), FLAGS.batch_size):
-            batch = reqs[k : k + FLAGS.batch_size]
-            state, rep = ed.apply(state, batch)
-            line = {"batch": k // FLAGS.batch_size, "num_edits": state.num_edits, **rep.summary(),
-                    "time_per_edit_s": (rep.search_time + rep.update_time) / len(batch)}
-            log_file.write(json.dumps(line) + "\n")
-            log_file.flush()
-            logging.info("batch %d: %d edits, search %.1f s, update %.1f s, mean steps %.1f",
-                         line["batch"], state.num_edits, rep.search_time, rep.update_time,
-                         float(np.mean(rep.stop_steps)))
-            if FLAGS.dump_dir:
-                dump_batch(Path(FLAGS.dump_dir), k // FLAGS.batch_size, rep, cfg.layers)
+    done = 0
+    ckpt = workdir / "checkpoint.npz"
+    if ckpt.exists():
+        with np.load(ckpt) as z:
+            arrays = dict(z)
+        done = int(arrays.pop("batches_done"))
+        state = ed.restore_state(arrays)
+        logging.info("resuming after batch %d (%d edits)", done, state.num_edits)
+    for name in ("batches.jsonl", "downstream.jsonl", "activation.jsonl"):
+        rows = read_jsonl(workdir / name)
+        keep = [r for r in rows if r["batch"] < done]
+        if len(keep) != len(rows):
+            write_jsonl(workdir / name, keep)
+
+    batches = [reqs[k : k + FLAGS.batch_size] for k in range(0, len(reqs), FLAGS.batch_size)]
+    every = FLAGS.downstream_every
+    original = model.params
+    for i in range(done, len(batches)):
+        if FLAGS.max_batches is not None and i - done >= FLAGS.max_batches:
+            logging.info("stopping after %d batches (--max_batches); rerun to resume", FLAGS.max_batches)
+            print(json.dumps({"stopped_after_batch": i, "num_edits": state.num_edits}))
+            return
+        batch = batches[i]
+        state, rep = ed.apply(state, batch)
+        line = {"batch": i, "num_edits": state.num_edits, **rep.summary(),
+                "time_per_edit_s": (rep.search_time + rep.update_time) / len(batch),
+                **layer_norm_line(state.params, original, cfg, model.config)}
+        edited = ed.edited_model(state)
+        if FLAGS.evaluate and FLAGS.eval_batches:
+            idx = range(i * FLAGS.batch_size, i * FLAGS.batch_size + len(batch))
+            line["eval"] = ev.editing(edited, batch)["scores"]
+            line["eval_before"] = ev.before(baseline, idx)
+        append_jsonl(workdir / "batches.jsonl", line)
+        logging.info("batch %d: %d edits, search %.1f s, update %.1f s, mean steps %.1f, eval %s",
+                     i, state.num_edits, rep.search_time, rep.update_time, float(np.mean(rep.stop_steps)),
+                     {k: round(v, 1) for k, v in line.get("eval", {}).items() if k in ("ES", "PS", "NS")})
+        if (every and (i + 1) % every == 0) or i == len(batches) - 1:
+            save_snapshot(workdir, ed, state)
+            evaluate_point(workdir, ev, edited, i, state.num_edits)
+        if FLAGS.dump_dir:
+            dump_batch(Path(FLAGS.dump_dir), i, rep, cfg.layers)
+        np.savez(ckpt.with_suffix(".tmp.npz"), batches_done=np.asarray(i + 1), **ed.state_arrays(state))
+        os.replace(ckpt.with_suffix(".tmp.npz"), ckpt)
+
+    # 3. Final editing metrics against the same baseline.
     edited = ed.edited_model(state)
-    final = {"num_edits": state.num_edits}
+    lines = read_jsonl(workdir / "batches.jsonl")
+    steady = lines[1:] or lines
+    final = {"num_edits": state.num_edits, "label": run["label"],
+             "time_per_edit_s": float(np.mean([l["time_per_edit_s"] for l in steady])),
+             "search_time_per_edit_s": float(np.mean([l["search_time_s"] / len(l["case_ids"]) for l in steady])),
+             "update_time_per_edit_s": float(np.mean([l["update_time_s"] / len(l["case_ids"]) for l in steady])),
+             "first_batch_time_per_edit_s": lines[0]["time_per_edit_s"],
+             "mean_steps": float(np.mean([s for l in lines for s in l["stop_steps"]])),
+             "mean_target_prob": float(np.mean([p for l in lines for p in l["target_prob"]]))}
     if FLAGS.evaluate:
-        final["before"] = before
-        final["after"] = metrics.counterfact_scores(edited, reqs)["scores"]
-        logging.info("CounterFact scores before %s after %s", before, final["after"])
-    (workdir / "final.json").write_text(json.dumps(final, indent=2))
+        idx = ev.final_idx
+        final["evaluated"] = {"fraction": FLAGS.final_fraction, "seed": FLAGS.eval_seed,
+                              "num_records": len(idx)}
+        final["before"] = ev.before(baseline, idx)
+        final["after"] = ev.editing(edited, [reqs[i] for i in idx])["scores"]
+        ge = ev.generation_entropy(edited)
+        if ge is not None:
+            final["before"]["GE"] = baseline.get("generation", {}).get("GE")
+            final["after"]["GE"] = ge["GE"]
+            final["evaluated"]["generation_records"] = ge.get("num_records")
+        logging.info("editing metrics before %s after %s", final["before"], final["after"])
+    write_json(workdir / "final.json", final)
     if FLAGS.export_dir:
         jaxedit.save_hf(edited, FLAGS.export_dir)
         logging.info("exported the edited model to %s", FLAGS.export_dir)

@@ -356,5 +356,32 @@ class Editor:
         return dataclasses.replace(state, params=params, prev_kkt=kkt if state.prev_kkt else {},
                                    num_edits=state.num_edits - removed, journal=keep)
 
+    def state_arrays(self, state: EditState) -> dict[str, np.ndarray]:
+        """What a run checkpoint needs to continue exactly: the rewrite kernels, the previous-edit
+        caches and the edit count (the rollback journal is not kept)."""
+        arrays = {"num_edits": np.asarray(state.num_edits, np.int64)}
+        for layer in self.cfg.layers:
+            arrays[f"kernel_L{layer}"] = np.asarray(_kernel(state.params, rewrite_path(self.model.config, layer)))
+            if state.prev_kkt:
+                arrays[f"prev_kkt_L{layer}"] = np.asarray(state.prev_kkt[layer])
+        return arrays
+
+    def restore_state(self, arrays) -> EditState:
+        """The `EditState` saved by `state_arrays` (bit-identical kernels and caches, empty journal)."""
+        base = self.init_state()
+        kernels, kkt = {}, {}
+        for layer in self.cfg.layers:
+            want = base.base_kernels[layer]
+            got = np.asarray(arrays[f"kernel_L{layer}"])
+            if got.shape != want.shape or got.dtype != want.dtype:
+                raise ValueError(f"checkpoint kernel of layer {layer} is {got.shape} {got.dtype}, the model's "
+                                 f"is {want.shape} {want.dtype}: the checkpoint belongs to another model")
+            kernels[layer] = jnp.asarray(got)
+            if self.uses_prev_cache:
+                kkt[layer] = jnp.asarray(arrays[f"prev_kkt_L{layer}"])
+        params = _with_kernels(self.model.params, self.model.config, kernels)
+        return EditState(params=params, prev_kkt=kkt, num_edits=int(arrays["num_edits"]), journal=(),
+                         base_kernels=kernels, base_kkt=kkt)
+
     def edited_model(self, state: EditState) -> LanguageModel:
         return self.model.replace(params=state.params)

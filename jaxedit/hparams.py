@@ -61,10 +61,11 @@ SMOLLM2_COV_WEIGHT = 1000.0
 SMOLLM2_MPES_PATIENCE = 4
 
 
-def smollm2_config(method: str) -> EditConfig:
+def smollm2_config(method: str, *, mpes: bool | None = None, norm: bool | None = None) -> EditConfig:
     """SmolLM2-135M: the Llama-3-8B setting on layers 4-8 (C0 from the 2,185 WikiText-2 paragraphs),
     tuned for the small model (ENCORE: ES 97 / PS 83 / NS 70 after 100 sequential edits, unedited 37 /
-    36 / 66)."""
+    36 / 66). `mpes` / `norm` switch MPES (patience 4) and the norm constraint (λ_n = 20, ENCORE's
+    Llama-3 value) on or off for the ablations."""
     cfg = paper_config(method, "llama3_8b")
     cfg.model = MODEL_SOURCES["smollm2"]
     cfg.stats = dataclasses.replace(cfg.stats, num_samples=2185)
@@ -73,4 +74,9 @@ def smollm2_config(method: str) -> EditConfig:
         cfg.solve.cov_weight = SMOLLM2_COV_WEIGHT
     if method == "ENCORE":
         cfg.search.mpes_patience = SMOLLM2_MPES_PATIENCE
+    # The paper's ablations (Table 1, Figure 1): either half of ENCORE on sequential MEMIT.
+    if mpes is not None:
+        cfg.search.mpes_patience = SMOLLM2_MPES_PATIENCE if mpes else 0
+    if norm is not None:
+        cfg.solve.norm_lambda = ENCORE["llama3_8b"][0] if norm else 0.0
     return cfg

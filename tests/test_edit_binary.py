@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,11 @@ REQUESTS = [
     {"case_id": 8, "prompt": "{} lives in the city of", "subject": "Bob Jones",
      "target_new": "Madrid", "target_true": "Oslo"},
     {"case_id": 9, "prompt": "The language spoken by {} is", "subject": "Carol White",
-     "target_new": "Greek", "target_true": "Dutch"},
+     "target_new": "Greek", "target_true": "Dutch",
+     "generation_prompts": ["Carol White often says that", "Carol White was born in"]},
 ]
+PROTOCOL = ("--batch_size=1", "--downstream=sst2", "--downstream_every=2", "--downstream_tests=4",
+            "--downstream_shots=1", "--activation_texts=4", "--generation_fraction=1.0")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,8 @@ def setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("binary")
     tok = GPT2Tokenizer.from_pretrained(str(tok_dir))
-    cfg = tiny_config("gpt2", vocab_size=50257, num_layers=4, bos_token_id=50256, eos_token_id=50256)
+    cfg = tiny_config("gpt2", vocab_size=50257, num_layers=4, bos_token_id=50256, eos_token_id=50256,
+                      max_position_embeddings=256)
     graphdef, params = nnx.split(models.build(cfg))
     model = LanguageModel(config=cfg, tokenizer=tok, graphdef=graphdef, params=params)
     jaxedit.save_hf(model, root / "model")
@@ -48,7 +53,8 @@ def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "experiments" / "edit.py"), f"--config={ROOT / 'configs/tiny.py'}",
            f"--model={root / 'model'}", f"--stats_text={root / 'corpus.txt'}",
            f"--stats_dir={root / 'stats'}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    env = {**os.environ, "JAXEDIT_DATA": str(require_shared("data"))}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
 
 
 def test_run_writes_logs_dumps_and_model(setup):
@@ -83,3 +89,65 @@ def test_bad_input_exits_nonzero_and_writes_no_model(setup):
     assert "target" in out.stderr and "record 3" in out.stderr
     assert not (root / "badout").exists()
     assert not (root / "badrun" / "batches.jsonl").exists()
+
+
+def _kernels(path: Path) -> list[np.ndarray]:
+    params = jaxedit.load(path).params["transformer"]["h"]
+    return [np.asarray(params[i]["mlp"]["c_proj"]["kernel"][...]) for i in range(4)]
+
+
+def _strip_times(obj):
+    """Everything but wall-clock times (which differ between runs)."""
+    if isinstance(obj, dict):
+        return {k: _strip_times(v) for k, v in obj.items() if "time" not in k}
+    if isinstance(obj, list):
+        return [_strip_times(v) for v in obj]
+    return obj
+
+
+def test_protocol_resumes_without_losing_or_repeating_edits(setup):
+    """The paper's protocol (baseline, per-batch eval, downstream every 2 batches, activation shares,
+    final metrics with GE): a run stopped after one batch and resumed equals an uninterrupted one."""
+    root = setup
+    common = (f"--requests={root / 'requests.json'}", *PROTOCOL)
+    full = _run(root, *common, f"--workdir={root / 'full'}", f"--export_dir={root / 'full_out'}")
+    assert full.returncode == 0, full.stderr[-3000:]
+    part = _run(root, *common, f"--workdir={root / 'part'}", "--max_batches=1")
+    assert part.returncode == 0, part.stderr[-3000:]
+    assert not (root / "part" / "final.json").exists()
+    # Simulate a crash after the next batch's log line but before its checkpoint: the line is redone.
+    with open(root / "part" / "batches.jsonl", "a") as f:
+        f.write(json.dumps({"batch": 1, "num_edits": 99}) + "\n")
+    rest = _run(root, *common, f"--workdir={root / 'part'}", f"--export_dir={root / 'part_out'}")
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    for a, b in zip(_kernels(root / "full_out"), _kernels(root / "part_out")):
+        np.testing.assert_array_equal(a, b)
+    read = lambda run, name: [json.loads(l) for l in (root / run / name).read_text().splitlines()]
+    assert [l["num_edits"] for l in read("part", "batches.jsonl")] == [1, 2, 3]
+    assert _strip_times(read("full", "batches.jsonl")) == _strip_times(read("part", "batches.jsonl"))
+    down = read("full", "downstream.jsonl")
+    assert [d["num_edits"] for d in down] == [0, 2, 3]  # baseline, every 2 batches, the end
+    assert set(down[1]["tasks"]["sst2"]) >= {"f1", "f1_new", "mcc", "invalid"}
+    assert _strip_times(down) == _strip_times(read("part", "downstream.jsonl"))
+    acts = read("full", "activation.jsonl")
+    assert [a["num_edits"] for a in acts] == [0, 2, 3] and len(acts[0]["mlp_share"]) == 4
+    line = read("full", "batches.jsonl")[0]
+    assert set(line["eval"]) >= {"ES", "PS", "NS", "S"} and set(line["eval_before"]) >= {"ES", "NS"}
+    assert len(line["layer_norms"]) == 4 and set(line["distance_from_original"]) == {"1", "2"}
+    final = json.loads((root / "full" / "final.json").read_text())
+    assert final["num_edits"] == 3 and final["evaluated"]["num_records"] == 3
+    assert final["after"]["GE"] > 0 and final["before"]["GE"] > 0
+    assert _strip_times(final) == _strip_times(json.loads((root / "part" / "final.json").read_text()))
+    # Another configuration in the same directory is refused, not mixed in.
+    other = _run(root, *common, f"--workdir={root / 'full'}", "--method=MEMIT_seq")
+    assert other.returncode != 0 and "another run" in other.stderr
+    # A reused baseline must match; snapshots can be re-evaluated with a task added later.
+    again = _run(root, *common, f"--workdir={root / 'reuse'}", f"--baseline={root / 'full' / 'baseline.json'}",
+                 "--max_batches=0")
+    assert again.returncode == 0, again.stderr[-3000:]
+    added = _run(root, f"--requests={root / 'requests.json'}", "--batch_size=1", "--downstream=sst2,cola",
+                 *PROTOCOL[2:], f"--workdir={root / 'full'}", "--evaluate_snapshots")
+    assert added.returncode == 0, added.stderr[-3000:]
+    rows = read("full", "downstream.jsonl")
+    assert [d["num_edits"] for d in rows] == [0, 2, 3] and all("cola" in d["tasks"] for d in rows)
+    assert _strip_times(rows)[1]["tasks"]["sst2"] == _strip_times(down)[1]["tasks"]["sst2"]

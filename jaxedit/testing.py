@@ -1,0 +1,109 @@
+"""Small random models for tests, examples and the CI run of the Colab notebook.
+
+These are the models the test suite edits (tests/conftest.py `tiny_config`, tests/test_search.py
+`tiny_lm`): a few blocks with prime dimensions, randomly initialised, with a real tokenizer's
+vocabulary so that real edit requests (CounterFact, zsRE) tokenize as they would on a real model.
+
+    from jaxedit import testing
+    tok = testing.gpt2_tokenizer("../shared/data/gpt2_tokenizer")   # vocab.json + merges.txt
+    model = testing.tiny_model("llama", tok)                         # 4 blocks, hidden 30, MLP 43
+    model.generate(["The capital of France is"])                     # random text, right shapes
+
+Nothing here is needed to edit a real model.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+
+from jaxedit.lm import LanguageModel
+from jaxedit.models import ModelConfig, build
+
+__all__ = ["gpt2_tokenizer", "sharpen", "tiny_config", "tiny_model"]
+
+
+def tiny_config(family: str = "llama", **overrides) -> ModelConfig:
+    """A small `ModelConfig` of `family` ("llama" or "gpt2") with prime dimensions (a transposed or
+    mis-split axis cannot go unnoticed): 3 blocks, hidden 30, MLP 43, 3 heads of 10 (Llama: 1 KV head,
+    grouped-query attention), vocabulary 61, context 67. Any field can be overridden."""
+    base = dict(
+        family=family,
+        vocab_size=61,
+        hidden_size=30,
+        intermediate_size=43,
+        num_layers=3,
+        num_heads=3,
+        num_kv_heads=1 if family == "llama" else 3,
+        head_dim=10,
+        max_position_embeddings=67,
+        norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=family == "gpt2",
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def sharpen(params, vocab_size: int, *, vocab_scale: float = 30.0, scale: float = 10.0):
+    """Scales every 2-D parameter (matrices with a `vocab_size` axis by `vocab_scale`, the others by
+    `scale`). The default init (normal(0, 0.02)) gives near-uniform logits over a 50k vocabulary that
+    no edit can move; larger matrices let the edited residual decide the next token, so edits on a
+    tiny model land as they do on a real one."""
+
+    def f(x):
+        if x.ndim != 2:
+            return x
+        return x * (vocab_scale if vocab_size in x.shape else scale)
+
+    return jax.tree.map(f, params)
+
+
+def tiny_model(
+    family: str = "llama",
+    tokenizer: Any = None,
+    *,
+    seed: int = 0,
+    num_layers: int = 4,
+    sharpened: bool = True,
+    **overrides,
+) -> LanguageModel:
+    """A random tiny `LanguageModel` (float32) built from `tiny_config`.
+
+    Args:
+      family: "llama" or "gpt2".
+      tokenizer: a `transformers` tokenizer; the vocabulary size and BOS/EOS ids are taken from it
+        (its `eos_token_id`, e.g. 50256 for GPT-2). None: a tokenizer-less model over 61 token ids.
+      seed: the initialisation seed.
+      num_layers: blocks (4 lets the tests and the notebook edit layers 1 and 2).
+      sharpened: apply `sharpen` (what the editing tests use).
+      **overrides: any other `ModelConfig` field (hidden_size, max_position_embeddings, ...).
+    """
+    fields: dict[str, Any] = dict(num_layers=num_layers)
+    if tokenizer is not None:
+        vocab = len(tokenizer)
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else vocab - 1
+        fields.update(vocab_size=vocab, bos_token_id=eos, eos_token_id=eos)
+    fields.update(overrides)
+    cfg = tiny_config(family, **fields)
+    from flax import nnx
+
+    graphdef, params = nnx.split(build(cfg, seed=seed))
+    if sharpened:
+        params = sharpen(params, cfg.vocab_size)
+    return LanguageModel(config=cfg, tokenizer=tokenizer, graphdef=graphdef, params=params,
+                         source=f"tiny-{family}-seed{seed}")
+
+
+def gpt2_tokenizer(path: str | os.PathLike):
+    """The GPT-2 byte-level BPE tokenizer from a folder holding `vocab.json` and `merges.txt` (no
+    download), right-padding."""
+    from transformers import GPT2Tokenizer
+
+    tok = GPT2Tokenizer.from_pretrained(str(path))  # what the tests use (transformers 5)
+    tok.padding_side = "right"
+    return tok

@@ -226,12 +226,19 @@ def zsre_scores(model: LanguageModel, requests: Sequence[EditRequest]) -> dict:
     per = {name: [[] for _ in requests] for name in ("rewrite", "paraphrase", "neighborhood")}
     for (name, j), a in zip(index, acc):
         per[name][j].append(float(a))
+    return {"scores": summarize_zsre(per), "records": per}
+
+
+def summarize_zsre(per: dict[str, Sequence[Sequence[float]]]) -> dict:
+    """zsRE scores (×100) from per-record token accuracies `{set: [[acc per prompt] per record]}`:
+    efficacy (rewrite), generalization (paraphrase), specificity (neighbourhood), each the mean over
+    records (with any prompts) of the record's mean."""
     scores = {}
     for name, key in (("rewrite", "efficacy"), ("paraphrase", "generalization"),
                       ("neighborhood", "specificity")):
-        vals = [np.mean(v) for v in per[name] if v]
+        vals = [np.mean(v) for v in per.get(name, []) if v]
         scores[key] = 100.0 * float(np.mean(vals)) if vals else float("nan")
-    return {"scores": scores, "records": per}
+    return scores
 
 
 # --------------------------------------------------------------------------------------------------

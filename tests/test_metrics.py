@@ -268,3 +268,9 @@ def test_generation_with_gpt2_tokenizer_cuts_to_total_length():
     for p, t in zip(prompts, texts):
         assert t.startswith(p)
         assert len(tok(t)["input_ids"]) <= 24
+
+
+def test_summarize_zsre_means_of_record_means():
+    per = {"rewrite": [[1.0], [0.5]], "paraphrase": [[0.0], [1.0]], "neighborhood": [[1.0, 0.0], []]}
+    scores = metrics.summarize_zsre(per)
+    assert scores == {"efficacy": 75.0, "generalization": 50.0, "specificity": 50.0}

@@ -255,6 +255,25 @@ class Evaluator:
                                "quirks": FLAGS.downstream_quirks},
                 "activation_texts": FLAGS.activation_texts}
 
+    def baseline_mismatch(self, baseline: dict, source: str, case_ids: list) -> str | None:
+        """Why `baseline` (another run's) cannot stand for this run's, or None. It must be of the same
+        model and records with the same editing/GE/activation settings, and hold every downstream task
+        of this run with the same number of tests, shots and quirks (extra tasks are fine)."""
+        if baseline.get("model") != source:
+            return f"model {baseline.get('model')!r}, this run {source!r}"
+        if baseline.get("case_ids") != case_ids:
+            return "other records"
+        old, new = baseline.get("settings", {}), self.settings()
+        for key in new:
+            if key != "downstream" and old.get(key) != new[key]:
+                return f"{key}={old.get(key)!r}, this run {new[key]!r}"
+        od, nd = old.get("downstream", {}), new["downstream"]
+        for key in ("num_tests", "num_few_shots", "quirks"):
+            if od.get(key) != nd[key]:
+                return f"downstream {key}={od.get(key)!r}, this run {nd[key]!r}"
+        missing = [t for t in self.tasks if t not in baseline.get("downstream", {})]
+        return f"no downstream {missing}" if missing else None
+
     def editing(self, model, reqs) -> dict:
         """Per-record results and scores of `reqs` on `model`."""
         if self.zsre:
@@ -366,6 +385,11 @@ def fill_snapshots(workdir: Path, ev: Evaluator, ed: editor.Editor) -> None:
                 down.append(row)
             row["tasks"].update(res)
             logging.info("after %d edits: evaluated %s", num_edits, missing)
+            base_path = workdir / "baseline.json"
+            if path is None and base_path.exists():  # the unedited point belongs to the baseline too
+                baseline = json.loads(base_path.read_text())
+                baseline.setdefault("downstream", {}).update(res)
+                write_json(base_path, baseline)
         if ev.texts and not any(r["num_edits"] == num_edits for r in acts):
             acts.append({"num_edits": num_edits, "batch": batch, **ev.activation(model)})
     write_jsonl(workdir / "downstream.jsonl", sorted(down, key=lambda r: r["num_edits"]))
@@ -406,7 +430,7 @@ def main(argv):
         for name in RESULT_FILES:
             (workdir / name).unlink(missing_ok=True)
         shutil.rmtree(workdir / "snapshots", ignore_errors=True)
-    resuming = check_resumable(workdir, run)
+    check_resumable(workdir, run)
 
     stats_dir = FLAGS.stats_dir or str(hub.cache_dir() / "stats")
     t0 = time.perf_counter()
@@ -421,8 +445,7 @@ def main(argv):
     ev = Evaluator(model, cfg, reqs)
     run["evaluation"] = ev.settings()
     workdir.mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        write_json(workdir / "run.json", run)
+    write_json(workdir / "run.json", run)  # identity checked above; evaluation settings may change
 
     if FLAGS.evaluate_snapshots:
         fill_snapshots(workdir, ev, ed)
@@ -434,30 +457,29 @@ def main(argv):
         baseline = json.loads(base_path.read_text())
     elif FLAGS.baseline:
         baseline = json.loads(Path(FLAGS.baseline).read_text())
-        if baseline.get("model") != model.source or baseline.get("case_ids") != run["case_ids"] or \
-                json.dumps(baseline.get("settings"), default=str) != json.dumps(ev.settings(), default=str):
-            raise app.UsageError(f"--baseline={FLAGS.baseline} was computed for another model, records or "
-                                 "evaluation settings: drop the flag to compute this run's own")
+        problem = ev.baseline_mismatch(baseline, model.source, run["case_ids"])
+        if problem:
+            raise app.UsageError(f"--baseline={FLAGS.baseline} does not fit this run ({problem}): drop the "
+                                 "flag to compute this run's own")
+        baseline = {**baseline, "settings": ev.settings(),
+                    "downstream": {t: baseline["downstream"][t] for t in ev.tasks}}
         write_json(base_path, baseline)
     else:
         logging.info("computing the unedited baseline")
         baseline = ev.baseline()
         write_json(base_path, baseline)
-        if ev.tasks:
-            append_jsonl(workdir / "downstream.jsonl", {"num_edits": 0, "batch": -1,
-                                                        "tasks": baseline["downstream"],
-                                                        "quirks": FLAGS.downstream_quirks})
-        if "activation" in baseline:
-            append_jsonl(workdir / "activation.jsonl", {"num_edits": 0, "batch": -1,
-                                                        **baseline["activation"]})
-    for name in ("downstream.jsonl", "activation.jsonl"):  # a reused baseline still opens the curves
-        if name == "downstream.jsonl" and ev.tasks or name == "activation.jsonl" and "activation" in baseline:
-            rows = read_jsonl(workdir / name)
-            if not any(r["batch"] == -1 for r in rows):
-                key = "downstream" if name.startswith("down") else "activation"
-                first = ({"tasks": baseline[key], "quirks": FLAGS.downstream_quirks} if key == "downstream"
-                         else baseline[key])
-                write_jsonl(workdir / name, [{"num_edits": 0, "batch": -1, **first}, *rows])
+    # The curves start at the baseline: row 0 of downstream.jsonl holds this run's tasks (a baseline
+    # computed with more tasks is restricted to them), activation.jsonl starts with the unedited shares.
+    if ev.tasks and all(t in baseline.get("downstream", {}) for t in ev.tasks):
+        rows = [r for r in read_jsonl(workdir / "downstream.jsonl") if r["batch"] != -1]
+        first = {"num_edits": 0, "batch": -1, "quirks": FLAGS.downstream_quirks,
+                 "tasks": {t: baseline["downstream"][t] for t in ev.tasks}}
+        write_jsonl(workdir / "downstream.jsonl", [first, *rows])
+    if "activation" in baseline:
+        rows = read_jsonl(workdir / "activation.jsonl")
+        if not any(r["batch"] == -1 for r in rows):
+            write_jsonl(workdir / "activation.jsonl",
+                        [{"num_edits": 0, "batch": -1, **baseline["activation"]}, *rows])
 
     # 2. Resume from the checkpoint: keep what belongs to finished batches, redo the rest.
     state = ed.init_state()

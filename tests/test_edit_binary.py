@@ -105,6 +105,7 @@ def _strip_times(obj):
     return obj
 
 
+@pytest.mark.slow  # six binary runs (≈ 3 min on 2 cores); CI runs it (.ci/run: -m slow)
 def test_protocol_resumes_without_losing_or_repeating_edits(setup):
     """The paper's protocol (baseline, per-batch eval, downstream every 2 batches, activation shares,
     final metrics with GE): a run stopped after one batch and resumed equals an uninterrupted one."""

@@ -46,6 +46,7 @@ def test_notebook_is_committed_clean():
     assert len(tagged) == 1 and "JAXEDIT_NOTEBOOK_TINY" in "".join(tagged[0]["source"])
 
 
+@pytest.mark.slow  # a Jupyter kernel editing a tiny model (≈ 1 min); CI runs it (.ci/run: -m slow)
 def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install -e '.[test]')")
     nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pip install -e '.[test]')")

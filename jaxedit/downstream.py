@@ -71,13 +71,19 @@ tokens, then decodes the remaining gen_len - 1 tokens over that KV cache. The fi
 logits give the likelihood of every answer word that is exactly one token after the prompt (true for
 SmolLM2 and GPT-2 on all tasks); other words go through `metrics.answer_nll`. `fast=False` uses
 `LanguageModel.generate` and `metrics.answer_nll` for everything (the plain path, used to check the
-fast one).
+fast one). Batches are sorted by question length; the prefill compiles once per (rows, buffer
+length, window bucket of 16) and the decoding loop once per (rows, buffer length), and the
+parameters are arguments, so later evaluations of an edited model reuse every compiled shape.
+SmolLM2-135M, 8 tasks x 100 tests, 4 shots, on a busy 2-core CPU: about 7.5 min for the first
+evaluation in a process (roughly half of it compilation), about 4 min for each later one; peak
+memory about 3 GB above the model (freed heap pages are handed back to the OS after each batch).
 """
 
 from __future__ import annotations
 
 import ast
 import csv
+import ctypes
 import dataclasses
 import functools
 import json
@@ -646,6 +652,16 @@ def _decode_steps(graphdef, params, ids, lengths, cache, first, eos_id, gen_len)
     return toks
 
 
+def _release_host_memory() -> None:
+    """Hands freed heap pages back to the OS. glibc keeps them otherwise, and the K/V caches of long
+    prompts (hundreds of MB per batch) then leave the process several GB larger after each task.
+    A no-op without glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -716,6 +732,7 @@ def _fast_pass(model, prompts: Sequence[Prompt], cand: np.ndarray, gen_len: int,
                 toks = first[:, None]
             del cache
             lp, toks = np.asarray(lp), np.asarray(toks)
+            _release_host_memory()
             for r, k in enumerate(sel):
                 cand_logp[js[k]] = lp[r]
                 continuations[js[k]] = _decode_new(model, toks[r])
@@ -830,6 +847,7 @@ def evaluate_task(
                             max_context=max_context, gen_len=gen_len)
     out = predict(model, spec, prompts, quirks=quirks, gen_len=gen_len, batch_size=batch_size,
                   max_context=max_context, fast=fast)
+    _release_host_memory()
     labels = [p.label for p in prompts]
     res = score_predictions(labels, out["preds"], out["preds_new"])
     res.update(num_few_shots=num_few_shots, gen_len=gen_len, quirks=quirks,

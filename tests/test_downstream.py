@@ -352,7 +352,8 @@ def tiny_data(tmp_path_factory):
 
 
 @pytest.mark.parametrize("family,quirks,batch_size",
-                         [("llama", "clean", 5), ("gpt2", "reference", 12)])
+                         [("llama", "clean", 5),
+                          pytest.param("gpt2", "reference", 12, marks=pytest.mark.slow)])  # suite time
 def test_fast_path_equals_generate_and_answer_nll(family, quirks, batch_size, tiny_data):
     """The shared-context KV path gives the continuations of `generate` and the NLLs of `answer_nll`
     (dialogue's context ends in "\\n\\n", which tokenizes differently before "Q:", so the cached

@@ -16,7 +16,8 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from jaxedit.models import ModelConfig  # noqa: E402
+from jaxedit import testing as _testing  # noqa: E402
+from jaxedit.models import ModelConfig  # noqa: E402,F401
 
 FAMILIES = ("llama", "gpt2")
 
@@ -34,26 +35,9 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
-def tiny_config(family: str, **overrides) -> ModelConfig:
-    """Prime dimensions so that a transposed or mis-split axis cannot go unnoticed."""
-    base = dict(
-        family=family,
-        vocab_size=61,
-        hidden_size=30,
-        intermediate_size=43,
-        num_layers=3,
-        num_heads=3,
-        num_kv_heads=1 if family == "llama" else 3,
-        head_dim=10,
-        max_position_embeddings=67,
-        norm_eps=1e-5,
-        rope_theta=10000.0,
-        tie_word_embeddings=family == "gpt2",
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    base.update(overrides)
-    return ModelConfig(**base)
+# One definition for the tests and the public helpers (jaxedit.testing): prime dimensions so that a
+# transposed or mis-split axis cannot go unnoticed.
+tiny_config = _testing.tiny_config
 
 
 @pytest.fixture(params=FAMILIES)

@@ -141,6 +141,15 @@ def _read_jsonl(path: Path, notes: list, label: str) -> list[dict]:
     return rows
 
 
+def _shown(path: Path) -> str:
+    """A run directory as written in the outputs: relative to the working directory, so that
+    committed summaries carry no machine-specific absolute paths."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+
+
 def load_run(path: str | Path, label: str | None = None) -> Run:
     path = Path(path)
     notes: list[str] = []
@@ -1006,7 +1015,7 @@ def summarize(
         status = "" if r.final is not None else " (unfinished)"
         md.append(
             f"| {r.label} | {r.method} | {r.info.get('model', '—')} | "
-            f"{_cell(r.num_edits, None)}{status} | {len(r.batches)} | `{r.path}` |"
+            f"{_cell(r.num_edits, None)}{status} | {len(r.batches)} | `{_shown(r.path)}` |"
         )
     if not loaded:
         md.append("_(no runs)_")
@@ -1030,7 +1039,7 @@ def summarize(
         "runs": [
             {
                 "label": r.label,
-                "path": str(r.path),
+                "path": _shown(r.path),
                 "method": r.method,
                 "num_edits": r.num_edits,
                 "num_batches": len(r.batches),

@@ -17,7 +17,8 @@ mkdir -p "$RUNS"
 common=(--data_path="$DATA/counterfact/counterfact-edit.json" --num_edits="$NUM" --batch_size=100
         --downstream=${TASKS:-sst2,rte,mmlu} --downstream_every=2 --downstream_tests=100
         --final_fraction=1.0 --generation_fraction=0.2 --activation_texts=32)
-for run in encore:encore memit:memit_seq memit_mpes:memit_mpes memit_norm:memit_norm alphaedit:alphaedit; do
+# Order: the paper's main comparison (ENCORE, MEMIT, AlphaEdit) first, then the two ablations.
+for run in encore:encore memit:memit_seq alphaedit:alphaedit memit_mpes:memit_mpes memit_norm:memit_norm; do
   name=${run%%:*}; cfg=${run##*:}
   [[ -f "$RUNS/$name/final.json" ]] && { echo "$name: done"; continue; }
   base=()

@@ -57,11 +57,11 @@ def tiny_lm(family: str, tokenizer, num_layers: int = 4) -> LanguageModel:
                          params=jax.tree.map(_sharpen, params))
 
 
-def run_search(lm: LanguageModel, requests, hp: SearchConfig, pad_to: int | None = None):
+def run_search(lm: LanguageModel, requests, hp: SearchConfig, pad_to: int | None = None, **kwargs):
     """The search result as host numpy arrays."""
     batch, _ = search.build_search_batch(lm.tokenizer, requests, TEMPLATES, pad_requests_to=pad_to,
                                          max_length=lm.config.max_position_embeddings)
-    res = search.search_targets(lm.graphdef, lm.params, batch, hp, Z_LAYER)
+    res = search.search_targets(lm.graphdef, lm.params, batch, hp, Z_LAYER, **kwargs)
     return jax.tree.map(np.asarray, res)
 
 
@@ -121,9 +121,9 @@ def test_mpes_stops_early_with_lower_probability(fixed, mpes, tokenizer):
 
 
 def test_new_learning_rate_does_not_recompile(lm, fixed):
-    before = search.search_targets._cache_size()
+    before = search._run._cache_size(), search._prepare._cache_size()
     other = run_search(lm, REQUESTS, dataclasses.replace(FIXED, lr=0.37))
-    assert search.search_targets._cache_size() == before
+    assert (search._run._cache_size(), search._prepare._cache_size()) == before
     # The new learning rate is used (same start, different trajectory).
     assert not np.allclose(other.history["loss"][1:], fixed.history["loss"][1:])
     np.testing.assert_allclose(other.history["loss"][0], fixed.history["loss"][0], rtol=1e-6)
@@ -138,6 +138,31 @@ def test_batched_equals_one_by_one(lm, mpes):
         np.testing.assert_allclose(alone.targets[0], mpes.targets[j], rtol=0, atol=1e-4 * scale)
         np.testing.assert_allclose(alone.target_init[0], mpes.target_init[j], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(alone.target_prob[0], mpes.target_prob[j], rtol=1e-3)
+
+
+def test_compaction_shrinks_the_batch_and_changes_nothing(lm, monkeypatch):
+    widths = []
+    run = search._run
+
+    def spy(graphdef, params, ctx, state, *args, **kwargs):
+        widths.append(ctx["target_ids"].shape[0])
+        return run(graphdef, params, ctx, state, *args, **kwargs)
+
+    monkeypatch.setattr(search, "_run", spy)
+    full = run_search(lm, REQUESTS, MPES, pad_to=4, min_bucket=0)
+    assert widths == [4]
+    widths.clear()
+    compact = run_search(lm, REQUESTS, MPES, pad_to=4, min_bucket=1)
+    # The requests stop at different iterations, so the batch shrinks as they do (4 -> 2 -> 1 here).
+    assert len(widths) > 1 and widths == sorted(widths, reverse=True) and widths[-1] < 4, widths
+    np.testing.assert_array_equal(compact.stop_steps, full.stop_steps)
+    scale = np.linalg.norm(full.targets, axis=-1, keepdims=True)
+    np.testing.assert_allclose(compact.targets, full.targets, rtol=0, atol=1e-5 * scale.max())
+    np.testing.assert_allclose(compact.target_prob, full.target_prob, rtol=1e-4)
+    np.testing.assert_allclose(compact.loss, full.loss, rtol=1e-4, atol=1e-6)
+    for k, v in full.history.items():  # every iteration of every request, NaN / -1 after its stop
+        np.testing.assert_allclose(compact.history[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
+    np.testing.assert_array_equal(compact.delta[3], 0.0)  # the padding request never moves
 
 
 def test_padding_requests_change_nothing_and_start_stopped(lm):

@@ -200,8 +200,15 @@ def _merge_rows(x: Array) -> Array:
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "z_layer", "num_steps"))
-def _prepare(graphdef, params, batch: SearchBatch, z_layer: int, num_steps: int):
+_HIST_KEYS = ("loss", "nll", "kl", "wd", "avg_prob", "delta_norm")
+
+
+def _optimizer(hp: SearchConfig):
+    return optax.inject_hyperparams(optax.adam)(learning_rate=hp.lr)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "z_layer"))
+def _prepare(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_layer: int):
     """The clean pass (δ = 0) and the initial loop state; every context leaf is request-major `[r, ...]`.
 
     One clean pass gives the residual after z_layer, the keys/values of the later blocks (positions
@@ -232,22 +239,16 @@ def _prepare(graphdef, params, batch: SearchBatch, z_layer: int, num_steps: int)
     init = dict(
         it=jnp.int32(0),
         delta=jnp.zeros_like(h0),
+        opt_state=_optimizer(hp).init(jnp.zeros_like(h0)),
         done=~batch.valid,
         count=jnp.zeros((r,), jnp.int32),
         stop_step=jnp.zeros((r,), jnp.int32),
         prob=jnp.zeros((r,), jnp.float32),
         loss=jnp.zeros((r,), jnp.float32),
-        history={k: jnp.full((num_steps, r), jnp.nan, jnp.float32) for k in _HIST_KEYS}
-        | {"num_correct": jnp.full((num_steps, r), -1, jnp.int32)},
+        history={k: jnp.full((hp.num_steps, r), jnp.nan, jnp.float32) for k in _HIST_KEYS}
+        | {"num_correct": jnp.full((hp.num_steps, r), -1, jnp.int32)},
     )
     return ctx, init
-
-
-_HIST_KEYS = ("loss", "nll", "kl", "wd", "avg_prob", "delta_norm")
-
-
-def _optimizer(hp: SearchConfig):
-    return optax.inject_hyperparams(optax.adam)(learning_rate=hp.lr)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "z_layer"))
@@ -370,9 +371,8 @@ def search_targets(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_lay
     """
     r = batch.num_requests
     n = hp.num_steps
-    ctx, state = _prepare(graphdef, params, batch, z_layer, n)
+    ctx, state = _prepare(graphdef, params, batch, hp, z_layer)
     h0 = ctx["h0"]
-    state["opt_state"] = _optimizer(hp).init(jnp.zeros_like(h0))
     out_keys = ("delta", "stop_step", "prob", "loss")
     out = {k: np.zeros(np.shape(state[k]), state[k].dtype) for k in out_keys}
     history = {k: np.zeros(v.shape, v.dtype) for k, v in state["history"].items()}
@@ -381,13 +381,13 @@ def search_targets(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_lay
         size = len(members)
         min_live = size // 2 if min_bucket > 0 and size // 2 >= min_bucket else -1
         state = _run(graphdef, params, ctx, state, hp, z_layer, jnp.int32(min_live))
-        host = jax.device_get({k: state[k] for k in (*out_keys, "done", "history")})
+        host = jax.device_get({k: state[k] for k in (*out_keys, "it", "done", "history")})
         for k in out_keys:
             out[k][members[real]] = host[k][real]
         for k, v in host["history"].items():
             history[k][:, members[real]] = v[:, real]
         live = np.flatnonzero(~host["done"])
-        if live.size == 0:
+        if live.size == 0 or host["it"] >= n:
             break
         new_size = _bucket_pow2(live.size, min_bucket)
         idx = np.concatenate([live, np.full(new_size - live.size, live[0])])

@@ -1,4 +1,4 @@
-"""ENCORE on GPT2-XL with the paper's hyperparameters (SPEC §5; table in jaxedit/hparams.py)."""
+"""ENCORE on GPT2-XL with the paper's hyperparameters (reference §5; table in jaxedit/hparams.py)."""
 
 from jaxedit import hparams
 

@@ -24,11 +24,12 @@ import numpy as np
 from absl import app, flags, logging
 
 import jaxedit
+import paths  # experiments/paths.py: the binaries' default data folders
 from jaxedit import editor, hparams, hub, metrics, stats
 from jaxedit import requests as requests_lib
 
 FLAGS = flags.FLAGS
-SHARED = Path(os.environ.get("JAXEDIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = paths.shared_dir()
 flags.DEFINE_list("methods", ["MEMIT", "MEMIT+MPES", "ENCORE", "AlphaEdit"], "Rows to measure.")
 flags.DEFINE_list("batch_sizes", ["10", "100", "1"], "Batch sizes.")
 flags.DEFINE_integer("num_edits", 100, "Records edited per configuration.")
@@ -93,7 +94,6 @@ def run_one(model, row, batch_size, reqs, templates, layer_stats) -> dict:
 
 def main(argv):
     del argv
-    jax.config.update("jax_default_matmul_precision", "highest")
     model = jaxedit.load("smollm2-135m")
     reqs = requests_lib.load_requests(FLAGS.data_path, 0, FLAGS.num_edits)
     templates = tuple(tuple(g) for g in json.loads(Path(FLAGS.golden).read_text())["context_templates"])

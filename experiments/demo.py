@@ -20,6 +20,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import jaxedit
+import paths  # experiments/paths.py: the binaries' default data folders
 from jaxedit import config as config_lib
 from jaxedit import corpus, editor, hparams, hub, metrics, requests, stats
 
@@ -43,7 +44,7 @@ EDITS = [
 
 
 def stats_corpus(model, workdir: Path) -> Path:
-    data = Path(os.environ.get("JAXEDIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    data = paths.data_dir()
     wikitext = data / "text" / "wikitext-2-raw.wiki.test.raw"
     if wikitext.exists():
         return wikitext
@@ -65,7 +66,6 @@ def answer_probs(model, reqs) -> np.ndarray:
 
 def main(argv):
     del argv
-    jax.config.update("jax_default_matmul_precision", "highest")
     workdir = hub.cache_dir() / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Sequential editing run (the paper's protocol, SPEC §6.2, §7, §8): N edits in batches of B, evaluated
+"""Sequential editing run (the paper's protocol, reference §6.2, §7, §8): N edits in batches of B, evaluated
 as it goes, resumable.
 
     python experiments/edit.py --config=configs/encore_smollm2.py \
@@ -40,7 +40,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import jaxedit
-from jaxedit import analysis, downstream, editor, hub, metrics, stats, templates
+import paths  # experiments/paths.py: the binaries' default data folders
+from jaxedit import analysis, downstream, editor, entropy, hub, metrics, stats, templates
 from jaxedit import config as config_lib
 from jaxedit import requests as requests_lib
 from jaxedit.corpus import wikitext_paragraphs
@@ -97,7 +98,7 @@ flags.DEFINE_bool("evaluate_snapshots", False, "Only fill in missing downstream/
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("JAXEDIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    return paths.data_dir()
 
 
 def default_label(cfg: config_lib.EditConfig) -> str:
@@ -284,7 +285,7 @@ class Evaluator:
         if not len(self.gen_idx) or self.pool is None and not any(r.generation_prompts for r in self.reqs):
             return None
         reqs = [self.reqs[i] for i in self.gen_idx]
-        res = metrics.counterfact_generation_entropy(model, reqs, pool_path=self.pool, seed=FLAGS.eval_seed)
+        res = entropy.counterfact_generation_entropy(model, reqs, pool_path=self.pool, seed=FLAGS.eval_seed)
         return {k: v for k, v in res.items() if k not in ("per_record", "texts")}
 
     def downstream(self, model, tasks=None) -> dict:
@@ -406,7 +407,6 @@ def _zero_kkt(ed: editor.Editor) -> dict:
 
 def main(argv):
     del argv
-    jax.config.update("jax_default_matmul_precision", "highest")
     workdir = Path(FLAGS.workdir)
     cfg = resolve_config()
     model = jaxedit.load(cfg.model)

@@ -5,10 +5,10 @@
 
 CounterFact: per record `case_id` and, for each of `rewrite_prompts`, `paraphrase_prompts`,
 `neighborhood_prompts`, one `{"target_new": NLL, "target_true": NLL}` per prompt (mean per-token NLL,
-SPEC §6.3), plus the summary scores (ES/PS/NS, their _acc and _diff variants, S). zsRE: teacher-forced
-token accuracies (SPEC §6.4).
+reference §6.3), plus the summary scores (ES/PS/NS, their _acc and _diff variants, S). zsRE: teacher-forced
+token accuracies (reference §6.4).
 
-Downstream few-shot tasks (SPEC §7, `jaxedit.downstream`), with or without the editing metrics:
+Downstream few-shot tasks (reference §7, `jaxedit.downstream`), with or without the editing metrics:
 
     python experiments/evaluate.py --model=smollm2-135m --downstream=sst2,mrpc --out=glue.json \
         [--num_tests=100 --num_few_shots=4 --quirks=clean --mmlu_dir=../shared/data/mmlu]
@@ -28,6 +28,7 @@ import jax
 from absl import app, flags, logging
 
 import jaxedit
+import paths  # experiments/paths.py: the binaries' default data folders
 from jaxedit import downstream, metrics
 from jaxedit import requests as requests_lib
 
@@ -63,9 +64,7 @@ SET_NAMES = {"rewrite": "rewrite_prompts", "paraphrase": "paraphrase_prompts",
 def downstream_data_dir() -> Path:
     if FLAGS.downstream_data:
         return Path(FLAGS.downstream_data)
-    env = os.environ.get("JAXEDIT_DATA")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return base / "downstream"
+    return paths.data_dir() / "downstream"
 
 
 def run_downstream(model) -> dict:
@@ -95,7 +94,6 @@ def main(argv):
         if not FLAGS.mmlu_dir and not downstream_data_dir().is_dir():
             raise app.UsageError(f"downstream data folder {downstream_data_dir()} not found: pass "
                                  "--downstream_data or set JAXEDIT_DATA")
-    jax.config.update("jax_default_matmul_precision", "highest")
     model = jaxedit.load(FLAGS.model)
     out = {"model": model.source}
     if FLAGS.data_path:

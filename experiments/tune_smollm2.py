@@ -19,11 +19,12 @@ import numpy as np
 from absl import app, flags, logging
 
 import jaxedit
+import paths  # experiments/paths.py: the binaries' default data folders
 from jaxedit import editor, hparams, hub, metrics, stats
 from jaxedit import requests as requests_lib
 
 FLAGS = flags.FLAGS
-SHARED = Path(os.environ.get("JAXEDIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = paths.shared_dir()
 flags.DEFINE_string("settings", "base:", "Comma-separated name:field=value;field=value settings.")
 flags.DEFINE_string("method", "ENCORE", "Base method.")
 flags.DEFINE_integer("num_edits", 100, "Records edited per setting.")
@@ -53,7 +54,6 @@ def parse_setting(text: str):
 
 def main(argv):
     del argv
-    jax.config.update("jax_default_matmul_precision", "highest")
     model = jaxedit.load("smollm2-135m")
     reqs = requests_lib.load_requests(SHARED / "data/counterfact/counterfact-edit.json", 0, FLAGS.num_edits)
     templates = tuple(tuple(g) for g in json.loads((SHARED / "golden/meta.json").read_text())["context_templates"])

@@ -1,14 +1,14 @@
-"""Norm analysis (SPEC §8): norms of the edited matrices and the "activation norm proportion".
+"""Norm analysis (reference §8): norms of the edited matrices and the "activation norm proportion".
 
 Weights. The edited matrix of layer l is the MLP output projection W_l (`down_proj` for Llama,
 `mlp.c_proj` for GPT-2; `models.rewrite_path`), a kernel stored `[d_ff, d_model]`:
 
 * `weight_norms`: ‖W_l‖_F for every layer (the paper's norm-growth figure plots this against edits).
 * `distance_from_original`: ‖W_l − W_l^orig‖_F; with `per_numel=True` divided by
-  numel(W_l) = d_ff·d_model, the reference's `distance_from_original` record (SPEC §8, Q21).
+  numel(W_l) = d_ff·d_model, the reference's `distance_from_original` record (reference §8, Q21).
 
 Activations. The paper's code for its activation-norm figure does not exist; this is jaxedit's
-stated definition (the reconstruction suggested in SPEC §8). Both families are pre-norm residual
+stated definition (the reconstruction suggested in reference §8). Both families are pre-norm residual
 networks,
 
     h_{-1} = embed(x)          Llama: token embeddings; GPT-2: token + position embeddings
@@ -46,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxedit.lm import LanguageModel, bucket
+from jaxedit.lm import LanguageModel
+from jaxedit.shapes import bucket
 from jaxedit.models import ModelConfig, Probe, rewrite_path
 
 Array = jax.Array
@@ -117,7 +118,7 @@ def distance_from_original(
       config: the model's config (taken from a LanguageModel when omitted).
       layers: which layers, in order; default all.
       per_numel: divide by numel(W_l), the reference's `distance_from_original` record
-        (SPEC §8, Q21).
+        (reference §8, Q21).
     """
     params, config = _params_and_config(params, config)
     original_params, _ = _params_and_config(original_params, config)
@@ -142,6 +143,11 @@ def _module_at(module, path: tuple):
 
 def _contributions(model, ids: Array, mask: Array):
     """One forward pass -> h_{-1} `[b, t, d]`, per layer (a_l, m_l) `[b, t, d]`, h_L; float32."""
+    with model.precision_scope():  # the sublayer calls below run outside the model's __call__
+        return _contributions_traced(model, ids, mask)
+
+
+def _contributions_traced(model, ids: Array, mask: Array):
     cfg = model.config
     layers = tuple(range(cfg.num_layers))
     out = model(ids, mask, Probe(key_layers=layers, resid_layers=layers, stop_layer=layers[-1]))

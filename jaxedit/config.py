@@ -1,9 +1,10 @@
 """Editing configuration: typed dataclasses, Python config files, and the reference hparams JSON import.
 
-`SearchConfig` and `SolveConfig` cross `jax.jit` boundaries: they are mutable dataclasses registered as
-pytrees, so their float fields are traced (a sweep over the learning rate or λ does not recompile) and the
-structural ones (`num_steps`, `mpes_patience`, rule choices) are static. They stay mutable so that
-`ml_collections.config_flags` can override them from the command line (`--config.search.lr=0.1`).
+`SearchConfig` crosses the `jax.jit` boundary of the search: it is a dataclass registered as a pytree, so
+its float fields are traced (a sweep over the learning rate does not recompile) and the structural ones
+(`num_steps`, `mpes_patience`, rule choices) are static. The solvers take `SolveConfig`'s floats as
+traced arguments one by one (`jaxedit.solve`), so a sweep over λ does not recompile either. The
+dataclasses stay mutable so that a binary can override single fields from its command line.
 
 Reference hyperparameter names (MEMIT/AlphaEdit/EMMET/ENCORE hparams JSON) map to ours through
 `REFERENCE_NAMES`; `from_reference_hparams` imports those files unchanged. The reference's sign-overloaded
@@ -22,6 +23,8 @@ from typing import Any
 
 import jax
 
+from jaxedit.numerics import check_precision
+
 METHODS = ("MEMIT", "MEMIT_seq", "ENCORE", "AlphaEdit", "EMMET")
 
 
@@ -32,7 +35,7 @@ def _static(default):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(unsafe_hash=True)
 class SearchConfig:
-    """Target-activation search (SPEC §2). Floats are traced, the rest static.
+    """Target-activation search (reference §2). Floats are traced, the rest static.
 
     Attributes:
       lr: Adam learning rate (`v_lr`).
@@ -77,7 +80,7 @@ class SearchConfig:
 
 @dataclasses.dataclass(unsafe_hash=True)
 class SolveConfig:
-    """Closed-form update (SPEC §4).
+    """Closed-form update (reference §4).
 
     Attributes:
       cov_weight: λ_p on C₀ (`mom2_update_weight`); unused by AlphaEdit.
@@ -104,20 +107,21 @@ class SolveConfig:
 
 @dataclasses.dataclass(unsafe_hash=True)
 class StatsConfig:
-    """Key second-moment statistics C₀ (SPEC §4.1).
+    """Key second-moment statistics C₀ (reference §4.1).
 
     Attributes:
       text: a `.txt` (documents separated by blank lines), `.jsonl` ({"text": ...}) or a folder of them;
-        empty = WikiText-2 raw test paragraphs from the shared data folder.
+        empty = the caller's default corpus (`experiments/edit.py`: WikiText-2 raw test paragraphs).
       num_samples: the first N documents (`mom2_n_samples`).
       max_length: tokens per document (truncation); 0 = the model's context length.
-      cache_dir: where C₀ (and AlphaEdit's projector) are cached.
+
+    Where C₀ is cached is the caller's choice (`stats.layer_stats(cache_dir=...)`, `edit.py
+    --stats_dir`), not part of the editing config: the same statistics serve every config.
     """
 
     text: str = ""
     num_samples: int = 10000
     max_length: int = 0
-    cache_dir: str = ""
 
 
 @dataclasses.dataclass(unsafe_hash=True)
@@ -132,6 +136,10 @@ class EditConfig:
         empty = generate them from the model with `template_seed` (the reference's procedure).
       template_seed: PRNG seed for template generation.
       model: default model source for binaries.
+      matmul_precision: precision of the editor's model passes (target search, keys), one of
+        `jaxedit.numerics.PRECISIONS`: "highest" (default, exact float32, what the golden tests check)
+        or "default"/"high" (faster on TPU/GPU, lower-precision passes). The model's own
+        `matmul_precision` governs everything else; the solves always run at "highest".
     """
 
     method: str = "ENCORE"
@@ -142,6 +150,7 @@ class EditConfig:
     templates: tuple[tuple[str, ...], ...] = ()
     template_seed: int = 0
     model: str = "smollm2-135m"
+    matmul_precision: str = "highest"
 
     @property
     def z_layer(self) -> int:
@@ -160,6 +169,7 @@ class EditConfig:
                 f"layers={layers}: the target layer must be before the last block ({num_layers - 1})"
             )
         self.search.validate()
+        check_precision(self.matmul_precision, "matmul_precision")
         for group in self.templates:
             for t in group:
                 if t.count("{}") != 1:
@@ -191,7 +201,7 @@ REFERENCE_NAMES = {
     "emmet_lambda": ("solve", "emmet_lambda"),
     "mom2_n_samples": ("stats", "num_samples"),
 }
-# Reference fields that carry model internals or are unused (SPEC Q22); accepted and ignored.
+# Reference fields that carry model internals or are unused (reference Q22); accepted and ignored.
 IGNORED_REFERENCE_NAMES = {
     "layer_selection", "fact_token", "v_loss_layer", "rewrite_module_tmp", "layer_module_tmp",
     "mlp_module_tmp", "attn_module_tmp", "ln_f_module", "lm_head_module", "mom2_dataset",

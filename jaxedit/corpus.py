@@ -1,4 +1,4 @@
-"""Text for the key statistics C0 (SPEC §4.1): document readers, WikiText paragraphs, sampling.
+"""Text for the key statistics C0 (reference §4.1): document readers, WikiText paragraphs, sampling.
 
 The reference measures C0 on `mom2_n_samples` Wikipedia articles picked by
 `FixedRandomSubsetSampler(seed=1)` and tokenized one by one with

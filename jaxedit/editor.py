@@ -1,4 +1,4 @@
-"""Sequential editor: explicit state in, new state and a report out (SPEC §3, §10).
+"""Sequential editor: explicit state in, new state and a report out (reference §3, §10).
 
 One batch, in the reference order:
 
@@ -32,10 +32,13 @@ from flax import nnx
 
 from jaxedit import solve
 from jaxedit.config import EditConfig
-from jaxedit.lm import LanguageModel, bucket
+from jaxedit.lm import LanguageModel
+from jaxedit.shapes import bucket, bucket_in
 from jaxedit.models import Probe, rewrite_path
-from jaxedit.requests import EditRequest, subject_last_index, validate_requests
-from jaxedit.search import SearchResult, build_search_batch, flatten_templates, search_targets
+from jaxedit.prompts import KeyBatch, build_key_batch
+from jaxedit.requests import EditRequest, validate_requests
+from jaxedit.stats import LayerStats
+from jaxedit.search import SearchResult, build_search_batch, search_targets
 
 log = logging.getLogger(__name__)
 Array = jax.Array
@@ -122,40 +125,10 @@ def _with_kernels(params, config, kernels: dict[int, Array]):
     return new
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class KeyBatch:
-    """The key prompts (context templates filled with each request's prompt, no target):
-    `input_ids`/`mask` `[r, c, t]`, `lookup` `[r, c]`; group sizes of the templates are static."""
-
-    input_ids: Array
-    mask: Array
-    lookup: Array
-    groups: tuple[int, ...] = dataclasses.field(default=(), metadata=dict(static=True))
-
-
-def build_key_batch(tokenizer, requests: Sequence[EditRequest], templates) -> KeyBatch:
-    contexts = flatten_templates(templates)
-    ids, lookups = [], []
-    for req in requests:
-        tmpl = [c.replace("{}", req.prompt, 1) for c in contexts]
-        ids.append([list(tokenizer(t.replace("{}", req.subject, 1))["input_ids"]) for t in tmpl])
-        lookups.append([subject_last_index(tokenizer, t, req.subject) for t in tmpl])
-    t = bucket(max(len(s) for row in ids for s in row), 16)
-    r, c = len(requests), len(contexts)
-    input_ids = np.zeros((r, c, t), np.int32)
-    mask = np.zeros((r, c, t), np.int32)
-    for j, row in enumerate(ids):
-        for i, s in enumerate(row):
-            input_ids[j, i, : len(s)] = s
-            mask[j, i, : len(s)] = 1
-    return KeyBatch(input_ids, mask, np.asarray(lookups, np.int32), tuple(len(g) for g in templates))
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "layer", "z_layer"))
 def keys_and_current(graphdef, params, kb: KeyBatch, layer: int, z_layer: int) -> tuple[Array, Array]:
-    """K `[f, r]` (per template group mean, then mean over groups; SPEC §1.3) and H `[d, r]`, the output
-    of block z_layer at the subject's last token of the bare prompt (SPEC §3 step 2)."""
+    """K `[f, r]` (per template group mean, then mean over groups; reference §1.3) and H `[d, r]`, the output
+    of block z_layer at the subject's last token of the bare prompt (reference §3 step 2)."""
     model = nnx.merge(graphdef, params)
     r, c, t = kb.input_ids.shape
     out = model(
@@ -173,14 +146,6 @@ def keys_and_current(graphdef, params, kb: KeyBatch, layer: int, z_layer: int) -
     return keys.T, current.T
 
 
-@dataclasses.dataclass
-class LayerStats:
-    """Per-layer second moments C0 `[f, f]` and, for AlphaEdit, null-space projectors."""
-
-    cov: dict[int, Array]
-    null_proj: dict[int, Array] = dataclasses.field(default_factory=dict)
-
-
 class Editor:
     """Applies batches of edit requests to a model, sequentially, with explicit state.
 
@@ -196,6 +161,8 @@ class Editor:
                  max_journal: int = 16):
         cfg.validate(model.config.num_layers)
         self.model, self.cfg, self.stats = model, cfg, stats
+        # The editor's own passes (search, keys) run at the editing config's precision.
+        self._graphdef = model.with_precision(cfg.matmul_precision).graphdef
         self.templates = tuple(tuple(g) for g in templates)
         self.max_journal = max_journal
         missing = [l for l in cfg.layers if l not in stats.cov and cfg.method != "AlphaEdit"]
@@ -227,16 +194,13 @@ class Editor:
             pad_requests_to=self._padded_size(len(requests)),
             max_length=self.model.config.max_position_embeddings,
         )
-        res = search_targets(self.model.graphdef, params, batch, self.cfg.search, self.cfg.z_layer)
+        res = search_targets(self._graphdef, params, batch, self.cfg.search, self.cfg.z_layer)
         return res, infos
 
     @staticmethod
     def _padded_size(n: int) -> int:
         """Batch sizes are padded to a few buckets so a run compiles the search a handful of times."""
-        for size in (1, 2, 4, 8, 10, 16, 32, 50, 64, 100, 128):
-            if n <= size:
-                return size
-        return bucket(n, 64)
+        return bucket_in(n, (1, 2, 4, 8, 10, 16, 32, 50, 64, 100, 128), 64)
 
     def _solve(self, layer, keys, resid, prev):
         s, m = self.cfg.solve, self.cfg.method
@@ -291,7 +255,7 @@ class Editor:
         start = {l: _kernel(params, rewrite_path(mcfg, l)) for l in cfg.layers}
         deltas, kkts, keys_out, new_kkt = {}, {}, {}, dict(state.prev_kkt)
         for i, layer in enumerate(cfg.layers):
-            keys, current = keys_and_current(self.model.graphdef, params, kb, layer, cfg.z_layer)
+            keys, current = keys_and_current(self._graphdef, params, kb, layer, cfg.z_layer)
             resid = (z - current) / (len(cfg.layers) - i)
             prev = state.prev_kkt[layer] if self.uses_prev_cache else None
             dw = self._solve(layer, keys, resid, prev)

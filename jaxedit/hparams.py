@@ -1,4 +1,4 @@
-"""The papers' hyperparameters (SPEC §5) as `EditConfig`s, one function per (method, model).
+"""The papers' hyperparameters (reference §5) as `EditConfig`s, one function per (method, model).
 
 `configs/{method}_{model}.py` files call `paper_config` so the numbers live in one table here.
 Reference names are in the comments (v_lr, mom2_update_weight, update_norm_lambda, prob_cutoff, L2...).

@@ -31,6 +31,8 @@ from flax import nnx
 from jaxedit import convert
 from jaxedit.models import CausalLM, ModelConfig, Probe
 from jaxedit.models.layers import merge_cache
+from jaxedit.numerics import check_precision
+from jaxedit.shapes import bucket
 
 log = logging.getLogger(__name__)
 
@@ -57,36 +59,40 @@ def resolve_dtype(dtype) -> np.dtype | None:
     return np.dtype(dtype)
 
 
-def bucket(n: int, multiple: int = 16) -> int:
-    """Rounds a length up so that a run compiles for a handful of shapes, not one per prompt."""
-    return max(multiple, -(-n // multiple) * multiple)
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _logits(graphdef, params, input_ids, mask):
     return nnx.merge(graphdef, params)(input_ids, mask).logits
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 7))
-def _decode(graphdef, params, input_ids, lengths, max_new_tokens, eos_id, key, top_k):
-    """Decoding in one `while_loop` over a fixed token buffer with a KV cache: a prefill pass over the
-    prompts, then one window-mode pass per new token (`Probe.window_start` from layer 0) whose keys/values
-    are written into the cache. Greedy when `top_k == 0`, else sampling from the renormalised top-k (the
-    reference's `generate_fast`)."""
+@functools.partial(jax.jit, static_argnums=(0, 7, 9))
+def decode_loop(graphdef, params, ids, lengths, cache, first_logits, eos_id, max_new_tokens, key,
+                top_k):
+    """The decoding loop after a prefill, a `while_loop` over a fixed token buffer: one window-mode
+    pass per new token (`Probe.window_start` from layer 0), its keys/values written into the
+    cache. Greedy when `top_k == 0`, else sampling from the renormalised top-k (the reference's
+    `generate_fast`). Shared by `LanguageModel.generate` (after `_decode`'s prefill) and the
+    downstream evaluation (after a prefill on top of a cached few-shot context).
+
+    Args:
+      ids: `[b, t]` token buffer, the prompts right-padded; new tokens go to lengths + 0, 1, ...
+      lengths: `[b]` prompt lengths (<= t).
+      cache: {layer: (k, v)} `[b, t, ...]`, the prefill's keys/values of the prompt positions.
+      first_logits: `[b, v]` the prefill's logits at position lengths - 1.
+      eos_id: a row stops after this token.
+      max_new_tokens: tokens produced per row (static).
+      key: PRNG key of the sampling (unused when greedy).
+      top_k: 0 (greedy) or the top-k sampling width (static).
+    Returns:
+      the buffer with the new tokens that fit in it, and the `[b, max_new_tokens]` new tokens: eos
+      after the first eos, and after the first token whose position is past the buffer (that token
+      itself is still produced, from the logits at the last position).
+    """
     model: CausalLM = nnx.merge(graphdef, params)
-    b, t = input_ids.shape
+    b, t = ids.shape
     rows = jnp.arange(b)
     layers = tuple(range(model.num_layers))
-    prompt_mask = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.int32)
-    first = model(input_ids, prompt_mask, Probe(logits_index=(lengths - 1)[:, None], kv_layers=layers))
 
-    def cond(carry):
-        step, _, done, _, _, _ = carry
-        return (step < max_new_tokens) & ~jnp.all(done)
-
-    def body(carry):
-        step, ids, done, key, logits, cache = carry
-        pos = lengths + step
+    def emit(step, logits, ids, toks, done, key):
         if top_k:
             key, sub = jax.random.split(key)
             top, idx = jax.lax.top_k(logits, top_k)
@@ -94,20 +100,45 @@ def _decode(graphdef, params, input_ids, lengths, max_new_tokens, eos_id, key, t
             nxt = jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0].astype(ids.dtype)
         else:
             nxt = jnp.argmax(logits, axis=-1).astype(ids.dtype)
-        nxt = jnp.where(done | (pos >= t), eos_id, nxt)
-        ids = ids.at[rows, jnp.minimum(pos, t - 1)].set(jnp.where(pos < t, nxt, ids[rows, t - 1]))
-        done = done | (nxt == eos_id) | (pos + 1 >= t)
+        nxt = jnp.where(done, eos_id, nxt)
+        pos = lengths + step
         at = jnp.minimum(pos, t - 1)
+        ids = ids.at[rows, at].set(jnp.where(pos < t, nxt, ids[rows, at]))
+        return ids, toks.at[:, step].set(nxt), done | (nxt == eos_id) | (pos >= t), key
+
+    def cond(carry):
+        step, _, _, done, _, _ = carry
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        step, ids, toks, done, key, cache = carry
+        at = jnp.minimum(lengths + step - 1, t - 1)  # the previous token's position
         mask = (jnp.arange(t)[None, :] <= at[:, None]).astype(jnp.int32)
         probe = Probe(window_start=at, kv_cache=cache, kv_layers=layers,
                       logits_index=jnp.zeros((b, 1), jnp.int32))
         out = model(ids, mask, probe)
         cache = {i: tuple(merge_cache(c, n, at[:, None]) for c, n in zip(cache[i], out.kv[i]))
                  for i in layers}
-        return step + 1, ids, done, key, out.logits[:, 0], cache
+        ids, toks, done, key = emit(step, out.logits[:, 0], ids, toks, done, key)
+        return step + 1, ids, toks, done, key, cache
 
-    init = (jnp.int32(0), input_ids, jnp.zeros((b,), bool), key, first.logits[:, 0], first.kv)
-    _, ids, _, _, _, _ = jax.lax.while_loop(cond, body, init)
+    toks = jnp.full((b, max_new_tokens), eos_id, ids.dtype)
+    ids, toks, done, key = emit(0, first_logits, ids, toks, jnp.zeros((b,), bool), key)
+    init = (jnp.int32(1), ids, toks, done, key, cache)
+    _, ids, toks, _, _, _ = jax.lax.while_loop(cond, body, init)
+    return ids, toks
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 7))
+def _decode(graphdef, params, input_ids, lengths, max_new_tokens, eos_id, key, top_k):
+    """A prefill pass over the prompts, then `decode_loop`; returns the token buffer."""
+    model: CausalLM = nnx.merge(graphdef, params)
+    t = input_ids.shape[1]
+    prompt_mask = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.int32)
+    probe = Probe(logits_index=(lengths - 1)[:, None], kv_layers=tuple(range(model.num_layers)))
+    first = model(input_ids, prompt_mask, probe)
+    ids, _ = decode_loop(graphdef, params, input_ids, lengths, first.kv, first.logits[:, 0], eos_id,
+                         max_new_tokens, key, top_k)
     return ids
 
 
@@ -140,6 +171,23 @@ class LanguageModel:
 
     def replace(self, **changes) -> "LanguageModel":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def precision(self) -> str:
+        """The matmul precision every forward pass of this model is traced at (`jaxedit.numerics`)."""
+        return self.config.matmul_precision
+
+    def with_precision(self, precision: str) -> "LanguageModel":
+        """The same parameters with forward passes traced at `precision` ("highest", "high",
+        "default"); the arrays are shared, only the static graph definition changes."""
+        check_precision(precision, "precision")
+        if precision == self.config.matmul_precision:
+            return self
+        config = dataclasses.replace(self.config, matmul_precision=precision)
+        module = nnx.merge(self.graphdef, self.params)
+        module.config = config
+        graphdef, params = nnx.split(module)
+        return self.replace(config=config, graphdef=graphdef, params=params)
 
     def encode(self, prompts: Sequence[str], pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Tokenizes with the tokenizer's own special-token convention and right-pads.
@@ -285,7 +333,7 @@ def load_gguf(path: str | os.PathLike, dtype=None) -> LanguageModel:
     return from_hf_tensors(hf_config, tensors, tokenizer, dtype=dtype, source=str(path))
 
 
-def load(source: str | os.PathLike, dtype=None) -> LanguageModel:
+def load(source: str | os.PathLike, dtype=None, *, precision: str = "highest") -> LanguageModel:
     """Loads a model from a preset name, a local HF directory, a `.gguf` file or a hub id.
 
     Args:
@@ -293,7 +341,14 @@ def load(source: str | os.PathLike, dtype=None) -> LanguageModel:
         `.gguf` file, or a Hugging Face hub id such as "meta-llama/Meta-Llama-3-8B".
       dtype: parameter dtype ("float32", "bfloat16", "float16" or a dtype); None keeps the checkpoint's
         (float32 for GGUF).
+      precision: matmul precision of every forward pass (`jaxedit.numerics`): "highest" (exact
+        float32, the default), "high", or "default" (the backend's fastest: bf16 passes on TPU).
     """
+    check_precision(precision, "precision")
+    return _load(source, dtype).with_precision(precision)
+
+
+def _load(source: str | os.PathLike, dtype) -> LanguageModel:
     from jaxedit import hub
 
     src = str(source)

@@ -45,7 +45,7 @@ subject/target, target_new equal to target_true (case- and whitespace-insensitiv
 problems (`validate_requests`): the same prompt+subject twice, the same case_id twice and, given a
 tokenizer, a filled prompt plus target longer than the model's maximum length.
 
-Subject-token positions follow SPEC §2.2 (ENC/AlphaEdit): `subject_last_index`.
+Subject-token positions follow SPEC §2.2 (ENC/AlphaEdit): `jaxedit.prompts.subject_last_index`.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from jaxedit.prompts import subject_token_mismatch, with_leading_space
 
 logger = logging.getLogger(__name__)
 
@@ -588,11 +590,6 @@ def _duplicate_problems(requests: Sequence[EditRequest], indices: Sequence[int],
     return problems
 
 
-def with_leading_space(target: str) -> str:
-    """`target` with one space in front unless it already starts with one (all reference repos)."""
-    return target if target.startswith(" ") else " " + target
-
-
 def validate_requests(requests: Sequence[EditRequest], tokenizer: Any = None,
                       max_tokens: int | None = None, *, check_duplicates: bool = True,
                       source: str | os.PathLike | None = None) -> None:
@@ -752,61 +749,3 @@ def load_requests(path: str | os.PathLike, start: int = 0, num: int | None = Non
 
 
 # --------------------------------------------------------------------------------------------
-# Subject token positions
-
-
-def _split_template(template: str) -> tuple[str, str]:
-    if template.count("{}") != 1:
-        raise ValueError(f"template {template!r} must contain exactly one '{{}}'")
-    i = template.index("{}")
-    return template[:i], template[i + 2:]
-
-
-def subject_last_index(tokenizer: Any, template: str, subject: str) -> int:
-    """Index of the subject's last token in the tokenized `template.format(subject)`.
-
-    SPEC §2.2 (ENC/AlphaEdit `get_words_idxs_in_templates`, subtoken "last"): with `prefix` the
-    template before ``{}``, the index is ``len(tokenizer.encode(prefix + subject)) - 1``, special
-    tokens included as `encode` adds them (BOS for Llama-2/3, none for GPT-2 or SmolLM2). This is
-    an absolute index into the full sentence's tokens as long as the tokens of prefix+subject are a
-    prefix of them (`subject_token_mismatch` checks that).
-
-    Args:
-      tokenizer: a Hugging Face tokenizer.
-      template: text with exactly one ``{}``.
-      subject: the subject.
-
-    Returns:
-      The token index.
-
-    Raises:
-      ValueError: the template does not contain exactly one ``{}``.
-    """
-    prefix, _ = _split_template(template)
-    return len(tokenizer.encode(prefix + subject)) - 1
-
-
-def subject_token_mismatch(tokenizer: Any, template: str, subject: str) -> str | None:
-    """Checks that the tokens of prefix+subject are a prefix of those of the whole sentence.
-
-    When they are not (the subject's last word merges with the text after it, e.g. "{}s"), the
-    index from `subject_last_index` may point at a token that is not the subject's last one.
-
-    Args:
-      tokenizer: a Hugging Face tokenizer.
-      template: text with exactly one ``{}``.
-      subject: the subject.
-
-    Returns:
-      None when they agree, else a description of the disagreement.
-
-    Raises:
-      ValueError: the template does not contain exactly one ``{}``.
-    """
-    prefix, suffix = _split_template(template)
-    head = tokenizer.encode(prefix + subject)
-    full = tokenizer.encode(prefix + subject + suffix)
-    if full[: len(head)] == head:
-        return None
-    return (f"tokens of {prefix + subject!r} {head} are not a prefix of the tokens of "
-            f"{prefix + subject + suffix!r} {full}; subject_last_index gives {len(head) - 1}")

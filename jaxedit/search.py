@@ -1,4 +1,4 @@
-"""Target-activation search (SPEC §2): every request of a batch in one jitted `lax.while_loop`.
+"""Target-activation search (reference §2): every request of a batch in one jitted `lax.while_loop`.
 
 For request j the search finds δ_j so that z_j = h₀_j + δ_j, written into the residual stream after block
 `z_layer` at the subject's last token, makes the model predict the new target in every context:
@@ -39,43 +39,16 @@ import optax
 from flax import nnx
 
 from jaxedit.config import SearchConfig
-from jaxedit.lm import bucket
+from jaxedit.shapes import bucket, bucket_pow2
 from jaxedit.models import Probe
-from jaxedit.requests import EditRequest, subject_last_index
+from jaxedit.prompts import (  # noqa: F401 (re-exported: the search's public API)
+    SearchBatch,
+    build_search_batch,
+    flatten_templates,
+    target_token_ids,
+)
 
 Array = jax.Array
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class SearchBatch:
-    """Device arrays for the search; r requests × g prompts (g = rewriting prompts + 1 KL prompt).
-
-    Attributes:
-      input_ids, mask: `[r, g, t]` right-padded prompts.
-      lookup: `[r, g]` subject-last token of each prompt (δ is added there).
-      target_pos: `[r, g, p]` positions whose logits predict the target tokens (KL row: its lookup).
-      target_ids: `[r, g, p]` target token ids.
-      target_mask: `[r, g, p]` 1 at real target positions of rewriting prompts.
-      valid: `[r]` False for padding requests (they start stopped).
-      window_start: `[r, g]` first position re-run by each search iteration (min of the lookup and the
-        target positions; everything before it is unaffected by δ).
-      window_len: static window length w (max over rows of last needed position - start + 1).
-    """
-
-    input_ids: Array
-    mask: Array
-    lookup: Array
-    target_pos: Array
-    target_ids: Array
-    target_mask: Array
-    valid: Array
-    window_start: Array
-    window_len: int = dataclasses.field(default=1, metadata=dict(static=True))
-
-    @property
-    def num_requests(self) -> int:
-        return self.input_ids.shape[0]
 
 
 @jax.tree_util.register_dataclass
@@ -94,86 +67,6 @@ class SearchResult:
     target_prob: Array
     loss: Array  # final loss, [r]
     history: dict[str, Array]
-
-
-def target_token_ids(tokenizer, target: str) -> list[int]:
-    """Token ids of " " + target, dropping a leading BOS/UNK (SPEC §2.3)."""
-    ids = list(tokenizer(target if target.startswith(" ") else " " + target)["input_ids"])
-    special = {tokenizer.bos_token_id, tokenizer.unk_token_id} - {None}
-    if ids and ids[0] in special:
-        ids = ids[1:]
-    if not ids:
-        raise ValueError(f"target {target!r} tokenizes to nothing")
-    return ids
-
-
-def flatten_templates(templates: Sequence[Sequence[str]]) -> list[str]:
-    return [t for group in templates for t in group]
-
-
-def build_search_batch(
-    tokenizer,
-    requests: Sequence[EditRequest],
-    templates: Sequence[Sequence[str]],
-    *,
-    pad_requests_to: int | None = None,
-    max_length: int | None = None,
-) -> tuple[SearchBatch, list[dict]]:
-    """Tokenizes the rewriting and KL prompts of every request (host side, numpy).
-
-    Returns the batch and, per request, a record of the prompts, lookup indices and target ids (for run
-    logs and fixture comparisons).
-    """
-    contexts = flatten_templates(templates)
-    rows, infos = [], []
-    for req in requests:
-        target = target_token_ids(tokenizer, req.target_new)
-        prefix_text = tokenizer.decode(target[:-1])
-        templates_j = [c.replace("{}", req.prompt, 1) + prefix_text for c in contexts] + ["{} is a"]
-        texts = [t.replace("{}", req.subject, 1) for t in templates_j]
-        ids = [list(tokenizer(t)["input_ids"]) for t in texts]
-        lookups = [subject_last_index(tokenizer, t, req.subject) for t in templates_j]
-        rows.append((ids, lookups, target))
-        infos.append({"prompts": texts, "lookup": lookups, "target_ids": target})
-    r = pad_requests_to or len(requests)
-    g = len(contexts) + 1
-    # Lengths are bucketed so that a run compiles the search for a handful of shapes only.
-    t = bucket(max(len(i) for ids, _, _ in rows for i in ids), 16)
-    if max_length is not None and t > max_length:
-        raise ValueError(f"search prompts need {t} tokens, the model's context is {max_length}")
-    p = bucket(max(len(target) for _, _, target in rows), 4)
-    input_ids = np.zeros((r, g, t), np.int32)
-    mask = np.zeros((r, g, t), np.int32)
-    lookup = np.zeros((r, g), np.int32)
-    target_pos = np.zeros((r, g, p), np.int32)
-    target_ids = np.zeros((r, g, p), np.int32)
-    target_mask = np.zeros((r, g, p), np.float32)
-    valid = np.zeros((r,), bool)
-    for j, (ids, lookups, target) in enumerate(rows):
-        valid[j] = True
-        n_target = len(target)
-        for i, seq in enumerate(ids):
-            input_ids[j, i, : len(seq)] = seq
-            mask[j, i, : len(seq)] = 1
-            lookup[j, i] = lookups[i]
-            target_pos[j, i, :] = lookups[i]  # padding entries point at a real position
-            if i < g - 1:  # rewriting prompt: target token m is read at position len - T + m
-                pos = len(seq) - n_target + np.arange(n_target)
-                target_pos[j, i, :n_target] = pos
-                target_ids[j, i, :n_target] = target
-                target_mask[j, i, :n_target] = 1.0
-    for j in range(len(rows), r):  # padding requests: copies of a real one, marked invalid
-        input_ids[j], mask[j], lookup[j] = input_ids[0], mask[0], lookup[0]
-        target_pos[j], target_ids[j], target_mask[j] = target_pos[0], target_ids[0], target_mask[0]
-    needed = np.where(target_mask > 0, target_pos, lookup[:, :, None])
-    window_start = np.minimum(lookup, needed.min(-1)).astype(np.int32)
-    window_len = bucket(int((np.maximum(lookup, needed.max(-1)) - window_start).max() + 1), 8)
-    batch = SearchBatch(
-        input_ids=input_ids, mask=mask, lookup=lookup, target_pos=target_pos,
-        target_ids=target_ids, target_mask=target_mask, valid=valid,
-        window_start=window_start, window_len=window_len,
-    )
-    return batch, infos
 
 
 def _norm(x: Array) -> Array:
@@ -353,13 +246,6 @@ def _take(ctx, state, idx: Array, pad: Array):
     return ctx, state
 
 
-def _bucket_pow2(n: int, floor: int) -> int:
-    size = max(floor, 1)
-    while size < n:
-        size *= 2
-    return size
-
-
 def search_targets(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_layer: int, *,
                    min_bucket: int = COMPACT_MIN_BUCKET) -> SearchResult:
     """Runs the target search for every request of `batch` on the model `(graphdef, params)`.
@@ -389,7 +275,7 @@ def search_targets(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_lay
         live = np.flatnonzero(~host["done"])
         if live.size == 0 or host["it"] >= n:
             break
-        new_size = _bucket_pow2(live.size, min_bucket)
+        new_size = bucket_pow2(live.size, min_bucket)
         idx = np.concatenate([live, np.full(new_size - live.size, live[0])])
         pad = np.arange(new_size) >= live.size
         ctx, state = _take(ctx, state, jnp.asarray(idx), jnp.asarray(pad))

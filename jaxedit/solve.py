@@ -1,11 +1,11 @@
-"""Closed-form weight updates of MEMIT, sequential MEMIT, ENCORE, AlphaEdit and EMMET (SPEC §3-§4).
+"""Closed-form weight updates of MEMIT, sequential MEMIT, ENCORE, AlphaEdit and EMMET (reference §3-§4).
 
 Orientation. jaxedit keeps the rewritten matrix as a Flax kernel `[d_ff, d_model]` = `[f, d]`
-(`[in, out]`), the transpose of the SPEC's W `[d, f]`. With keys `K: [f, n]`, spread residual
+(`[in, out]`), the transpose of docs/reference.md's W `[d, f]`. With keys `K: [f, n]`, spread residual
 `R: [d, n]` and the uncentred second moment `C0: [f, f]`, every solver returns the **kernel**
 increment
 
-    dW = A Rᵀ  [f, d],  the transpose of the SPEC's Δ = R Aᵀ (`upd_matrix = resid @ adj_k.T`).
+    dW = A Rᵀ  [f, d],  the transpose of docs/reference.md's Δ = R Aᵀ (`upd_matrix = resid @ adj_k.T`).
 
 Equations (λ_p = `cov_weight` = `mom2_update_weight`, λ_n = `norm_lambda` = `update_norm_lambda`,
 S_prev = Σ_{earlier batches} K_b K_bᵀ, S_all = S_prev + K Kᵀ):
@@ -26,7 +26,7 @@ S_prev = Σ_{earlier batches} K_b K_bᵀ, S_all = S_prev + K Kᵀ):
 * EMMET (§4.6): C = λ_p C0 (+ λ_n I), D = Kᵀ C⁻¹ K (+ μ I when n > 1, the reference's quirk Q15;
   always with `ridge_always=True`, as in UME's older `unified_main.py`) and
 
-      A = C⁻¹ K D⁻¹,   dW = A Rᵀ   (SPEC: Δ = R (KᵀC⁻¹K + μI)⁻¹ KᵀC⁻¹).
+      A = C⁻¹ K D⁻¹,   dW = A Rᵀ   (reference: Δ = R (KᵀC⁻¹K + μI)⁻¹ KᵀC⁻¹).
 
   The reference forms explicit inverses and falls back to `pinv(D)` only when `inverse` raises;
   here both are solves and there is no fallback (not jittable). The ridge μ keeps D invertible for
@@ -34,8 +34,8 @@ S_prev = Σ_{earlier batches} K_b K_bᵀ, S_all = S_prev + K Kᵀ):
 
 Precision (§4.7). Compute is float32 unless an input is float64 (which needs `jax_enable_x64`);
 then everything runs in float64, as MEMIT/ENCORE/EMMET do in the reference. Every matmul uses
-`Precision.HIGHEST` and the bodies trace under `jax.default_matmul_precision("highest")`, so XLA
-never substitutes TF32/bf16 passes on GPU/TPU. Results come back in the compute dtype; cast them
+`Precision.HIGHEST` and the bodies trace under `numerics.traced_at("highest")` (whatever the model's
+or the editing config's precision), so XLA never substitutes TF32/bf16 passes on GPU/TPU. Results come back in the compute dtype; cast them
 when adding to a lower-precision kernel. A Cholesky factorisation of a matrix that is not
 numerically positive definite yields NaNs rather than an error (e.g. a rank-deficient C0 with
 λ_n = 0 and a tiny λ_p): use `method="lu"` there.
@@ -50,12 +50,13 @@ separately.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+
+from jaxedit.numerics import HIGHEST, traced_at
 
 __all__ = [
     "alphaedit_update",
@@ -74,17 +75,6 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a, b, precision=_HIGHEST)
-
-
-def _highest(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Traces `fn` under the highest default matmul precision (covers library-internal matmuls)."""
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        with jax.default_matmul_precision("highest"):
-            return fn(*args, **kwargs)
-
-    return wrapped
 
 
 def _compute_dtype(*arrays: jax.Array | None) -> jnp.dtype:
@@ -107,7 +97,7 @@ def _eye_like(a: jax.Array) -> jax.Array:
 
 
 @jax.jit
-@_highest
+@traced_at(HIGHEST)
 def key_gram(keys: jax.Array) -> jax.Array:
     """K Kᵀ `[f, f]` of keys `[f, n]`, the increment of the sequential caches S_prev / S_all (Q13).
 
@@ -119,7 +109,7 @@ def key_gram(keys: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
-@_highest
+@traced_at(HIGHEST)
 def memit_adj_k(
     keys: jax.Array,
     cov: jax.Array,
@@ -129,7 +119,7 @@ def memit_adj_k(
     prev_kkt: jax.Array | None = None,
     method: SolveMethod = "cholesky",
 ) -> jax.Array:
-    """The reference's `adj_k` = (λ_p C0 + λ_n I + S_prev + K Kᵀ)⁻¹ K, `[f, n]` (SPEC §4.2-4.4).
+    """The reference's `adj_k` = (λ_p C0 + λ_n I + S_prev + K Kᵀ)⁻¹ K, `[f, n]` (reference §4.2-4.4).
 
     Args:
       keys: K `[f, n]`, this batch's keys at the layer.
@@ -149,7 +139,7 @@ def memit_adj_k(
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
-@_highest
+@traced_at(HIGHEST)
 def memit_update(
     keys: jax.Array,
     resid: jax.Array,
@@ -160,7 +150,7 @@ def memit_update(
     prev_kkt: jax.Array | None = None,
     method: SolveMethod = "cholesky",
 ) -> jax.Array:
-    """Kernel increment dW = A Rᵀ `[f, d]` of MEMIT / sequential MEMIT / ENCORE (SPEC §4.2-4.4).
+    """Kernel increment dW = A Rᵀ `[f, d]` of MEMIT / sequential MEMIT / ENCORE (reference §4.2-4.4).
 
     A = `memit_adj_k(...)`; `resid` is R `[d, n]`. dW minimises
     ‖Kᵀ(W+dW) − Vᵀ‖² + λ_p‖K₀ᵀdW‖² + ‖K_pᵀdW‖² + λ_n‖dW‖²_F, i.e. it satisfies the normal equations
@@ -179,14 +169,14 @@ def memit_update(
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
-@_highest
+@traced_at(HIGHEST)
 def null_space_projector(
     cov: jax.Array,
     threshold: float | jax.Array = 2e-2,
     *,
     method: Literal["eigh", "svd"] = "eigh",
 ) -> tuple[jax.Array, jax.Array]:
-    """AlphaEdit's projector P = U₀U₀ᵀ `[f, f]` and the null-space dimension (SPEC §4.5, Q14).
+    """AlphaEdit's projector P = U₀U₀ᵀ `[f, f]` and the null-space dimension (reference §4.5, Q14).
 
     U₀ are the singular vectors of the **unscaled** C0 whose singular value is < `threshold`
     (absolute, so the dimension depends on C0 being a mean over tokens). C0 is symmetric, so its
@@ -219,7 +209,7 @@ def null_space_projector(
 
 
 @jax.jit
-@_highest
+@traced_at(HIGHEST)
 def alphaedit_update(
     keys: jax.Array,
     resid: jax.Array,
@@ -228,7 +218,7 @@ def alphaedit_update(
     *,
     l2: float | jax.Array,
 ) -> jax.Array:
-    """AlphaEdit kernel increment dW = X = (P S_all + λ I)⁻¹ P K Rᵀ, shape `[f, d]` (SPEC §4.5).
+    """AlphaEdit kernel increment dW = X = (P S_all + λ I)⁻¹ P K Rᵀ, shape `[f, d]` (reference §4.5).
 
     X is already in kernel orientation (the reference writes Δ = Xᵀ into its `[d, f]` weight).
 
@@ -248,7 +238,7 @@ def alphaedit_update(
 
 
 @functools.partial(jax.jit, static_argnames=("ridge_always", "method"))
-@_highest
+@traced_at(HIGHEST)
 def emmet_adj_k(
     keys: jax.Array,
     cov: jax.Array,
@@ -259,7 +249,7 @@ def emmet_adj_k(
     ridge_always: bool = False,
     method: SolveMethod = "cholesky",
 ) -> jax.Array:
-    """EMMET's A = C⁻¹ K (Kᵀ C⁻¹ K + μ I)⁻¹ `[f, n]` with C = λ_p C0 (+ λ_n I) (SPEC §4.6, Q15).
+    """EMMET's A = C⁻¹ K (Kᵀ C⁻¹ K + μ I)⁻¹ `[f, n]` with C = λ_p C0 (+ λ_n I) (reference §4.6, Q15).
 
     The ridge μ = `emmet_lambda` is added only when n > 1 (n is static, from the shape), as in UME's
     `emmet_main.py`; `ridge_always=True` adds it for n = 1 too. `method` is the solve for C (SPD).
@@ -278,38 +268,21 @@ def emmet_adj_k(
 
 
 @functools.partial(jax.jit, static_argnames=("ridge_always", "method"))
-@_highest
-def emmet_update(
-    keys: jax.Array,
-    resid: jax.Array,
-    cov: jax.Array,
-    *,
-    cov_weight: float | jax.Array,
-    norm_lambda: float | jax.Array = 0.0,
-    emmet_lambda: float | jax.Array = 0.1,
-    ridge_always: bool = False,
-    method: SolveMethod = "cholesky",
-) -> jax.Array:
-    """EMMET kernel increment dW = C⁻¹ K (Kᵀ C⁻¹ K + μ I)⁻¹ Rᵀ, shape `[f, d]` (SPEC §4.6).
+@traced_at(HIGHEST)
+def emmet_update(keys: jax.Array, resid: jax.Array, cov: jax.Array, **options: Any) -> jax.Array:
+    """EMMET kernel increment dW = C⁻¹ K (Kᵀ C⁻¹ K + μ I)⁻¹ Rᵀ, shape `[f, d]` (reference §4.6).
 
     As μ → 0 the edit becomes exact, Kᵀ dW = Rᵀ (the equality-constrained "batched ROME" solution).
-    See `emmet_adj_k` for the arguments; `resid` is R `[d, n]`.
+    `resid` is R `[d, n]`; `options` are the keyword arguments of `emmet_adj_k` (`cov_weight`,
+    `norm_lambda`, `emmet_lambda` traced; `ridge_always`, `method` static).
     """
     dtype = _compute_dtype(keys, resid, cov)
-    adj_k = emmet_adj_k(
-        keys.astype(dtype),
-        cov.astype(dtype),
-        cov_weight=cov_weight,
-        norm_lambda=norm_lambda,
-        emmet_lambda=emmet_lambda,
-        ridge_always=ridge_always,
-        method=method,
-    )
+    adj_k = emmet_adj_k(keys.astype(dtype), cov.astype(dtype), **options)
     return _mm(adj_k, resid.astype(dtype).T)
 
 
 @jax.jit
-@_highest
+@traced_at(HIGHEST)
 def update_diagnostics(dw: jax.Array, keys: jax.Array, resid: jax.Array) -> dict[str, jax.Array]:
     """Scalars for logging one layer's update: ‖dW‖_F, ‖R‖_F and how well dW reproduces R on K.
 

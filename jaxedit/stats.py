@@ -1,4 +1,4 @@
-"""Key statistics: the uncentred second moment C0 = E[k kᵀ] of the rewrite-module inputs (SPEC §4.1).
+"""Key statistics: the uncentred second moment C0 = E[k kᵀ] of the rewrite-module inputs (reference §4.1).
 
 k is the input of the MLP output projection (`down_proj` / `c_proj`) at every real token of every document;
 C0 = Σ k kᵀ / #tokens, with no mean subtraction (MEMIT's `SecondMoment`). All edited layers are measured
@@ -15,6 +15,7 @@ the layer, the corpus (path, size, mtime) and the sample count. MEMIT's publishe
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -31,10 +32,19 @@ import numpy as np
 from flax import nnx
 
 from jaxedit import convert
-from jaxedit.lm import LanguageModel, bucket
+from jaxedit.lm import LanguageModel
+from jaxedit.shapes import bucket_pow2
 from jaxedit.models import Probe
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class LayerStats:
+    """Per-layer second moments C0 `[f, f]` and, for AlphaEdit, null-space projectors."""
+
+    cov: dict[int, jax.Array]
+    null_proj: dict[int, jax.Array] = dataclasses.field(default_factory=dict)
 
 
 def model_fingerprint(model: LanguageModel, max_layer: int) -> str:
@@ -44,6 +54,8 @@ def model_fingerprint(model: LanguageModel, max_layer: int) -> str:
     real change of weights (another checkpoint, an edit) changes it.
     """
     h = hashlib.sha256(model.config.hf_json.encode() or repr(model.config).encode())
+    if model.config.matmul_precision != "highest":  # C0 of the same weights at another precision
+        h.update(model.config.matmul_precision.encode())
     for path, value in sorted(convert.state_to_flat(model.params).items(), key=lambda kv: str(kv[0])):
         layer = next((p for p in path if isinstance(p, int)), None)
         if layer is not None and layer > max_layer:
@@ -94,7 +106,7 @@ def collect_second_moments(
     count, docs_done, t_start, t_log = 0, 0, time.perf_counter(), time.perf_counter()
 
     def length_bucket(n: int) -> int:  # powers of two from 64: a corpus compiles a handful of shapes
-        return max(64, 1 << (n - 1).bit_length())
+        return bucket_pow2(n, 64)
 
     pending: dict[int, list] = {}  # length bucket -> documents waiting for a full batch
 

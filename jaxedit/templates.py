@@ -1,4 +1,4 @@
-"""Context templates (SPEC §2.1): the prefixes that make keys and targets robust to context.
+"""Context templates (reference §2.1): the prefixes that make keys and targets robust to context.
 
 The reference samples them from the unedited model once per process with an unseeded RNG: five seed words
 ("The", "Therefore", "Because", "I", "You"), top-k 5 sampling up to 10 tokens in total, then the text is

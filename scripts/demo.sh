@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 # Sets everything up (venv, install, SmolLM2 fetch) and runs the main job on its embedded default.
 # Extra arguments are passed to experiments/demo.py (e.g. --model=path/to/hf_dir).
-EXTRAS="" source "$(dirname "$0")/_venv.sh"
+EXTRAS="experiments" source "$(dirname "$0")/_venv.sh"
 exec "$PY" experiments/demo.py "$@"

@@ -1,7 +1,7 @@
 """Shared fixtures: tiny random models with prime dimensions, HF-format directories, shared data paths.
 
-Tests run on CPU at the highest matmul precision so float32 comparisons against PyTorch and numpy are
-meaningful.
+Tests run on CPU; the library sets its own matmul precision (tests/test_precision.py), so no global
+flag is set here.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-
-jax.config.update("jax_default_matmul_precision", "highest")
 
 from jaxedit import testing as _testing  # noqa: E402
 from jaxedit.models import ModelConfig  # noqa: E402,F401
@@ -43,6 +41,12 @@ tiny_config = _testing.tiny_config
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def gpt2_tok():
+    """The GPT-2 tokenizer from the shared data folder (vocab.json + merges.txt), right-padding."""
+    return _testing.gpt2_tokenizer(require_shared("data", "gpt2_tokenizer"))
 
 
 @pytest.fixture(scope="session")

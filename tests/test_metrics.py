@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxedit import metrics
+from jaxedit import entropy, metrics, wordtok
 
 
 def _p(new, true, new_acc=0.0, true_acc=0.0):
@@ -99,15 +99,15 @@ H_ABAB = -(2 / 3 * log2(2 / 3) + 1 / 3 * log2(1 / 3))  # bigrams ab, ba, ab
     ("", []),
 ])
 def test_word_tokenize_known_tokens(text, tokens):
-    assert metrics.word_tokenize(text) == tokens
+    assert wordtok.word_tokenize(text) == tokens
 
 
 def test_split_sentences():
-    assert metrics.split_sentences("One. Two? Three! four.  ") == ["One.", "Two?", "Three!", "four."]
-    assert metrics.split_sentences('He said "no." Then he left.') == ['He said "no."', "Then he left."]
-    assert metrics.split_sentences("Dr. Smith and e.g. this. The end") == ["Dr. Smith and e.g. this.",
+    assert wordtok.split_sentences("One. Two? Three! four.  ") == ["One.", "Two?", "Three!", "four."]
+    assert wordtok.split_sentences('He said "no." Then he left.') == ['He said "no."', "Then he left."]
+    assert wordtok.split_sentences("Dr. Smith and e.g. this. The end") == ["Dr. Smith and e.g. this.",
                                                                            "The end"]
-    assert metrics.split_sentences("Wait... The end... and more") == ["Wait...", "The end... and more"]
+    assert wordtok.split_sentences("Wait... The end... and more") == ["Wait...", "The end... and more"]
 
 
 def test_treebank_rules_match_nltk_when_installed():
@@ -120,7 +120,7 @@ def test_treebank_rules_match_nltk_when_installed():
         "a*b @home #tag 50% & $5 'quoted' ''double'' `back`", "She's here. They're there.",
     ]
     for s in cases:
-        assert metrics._treebank_tokenize(s) == ref.tokenize(s), s
+        assert wordtok._treebank_tokenize(s) == ref.tokenize(s), s
 
 
 @pytest.mark.parametrize("text, h2, h3", [
@@ -135,20 +135,20 @@ def test_treebank_rules_match_nltk_when_installed():
 ])
 def test_text_ngram_entropy_known_values(text, h2, h3):
     want = (2 / 3 * h2 + 4 / 3 * h3) / 2
-    assert metrics.text_ngram_entropy(text) == pytest.approx(want, abs=1e-12)
-    assert metrics.text_ngram_entropy(metrics.word_tokenize(text)) == pytest.approx(want, abs=1e-12)
+    assert entropy.text_ngram_entropy(text) == pytest.approx(want, abs=1e-12)
+    assert entropy.text_ngram_entropy(wordtok.word_tokenize(text)) == pytest.approx(want, abs=1e-12)
 
 
 def test_record_and_summary_entropy():
-    e1 = metrics.text_ngram_entropy("a b a b")
-    e2 = metrics.text_ngram_entropy("a b c d")
-    assert metrics.ngram_entropy(["a b a b", "a b c d"]) == pytest.approx((e1 + e2) / 2)
-    assert metrics.ngram_entropy("a b a b") == pytest.approx(e1)
-    assert np.isnan(metrics.ngram_entropy([]))
-    g = metrics.generation_entropy([["a b a b", "a b c d"], [], ["a b c d"]])
+    e1 = entropy.text_ngram_entropy("a b a b")
+    e2 = entropy.text_ngram_entropy("a b c d")
+    assert entropy.ngram_entropy(["a b a b", "a b c d"]) == pytest.approx((e1 + e2) / 2)
+    assert entropy.ngram_entropy("a b a b") == pytest.approx(e1)
+    assert np.isnan(entropy.ngram_entropy([]))
+    g = entropy.generation_entropy([["a b a b", "a b c d"], [], ["a b c d"]])
     assert g["num_records"] == 2 and g["per_record"][1] is None
     assert g["GE"] == pytest.approx(100 * ((e1 + e2) / 2 + e2) / 2)
-    assert np.isnan(metrics.generation_entropy([[], []])["GE"])
+    assert np.isnan(entropy.generation_entropy([[], []])["GE"])
 
 
 def test_summary_with_generation_entropy():
@@ -178,17 +178,17 @@ def test_generation_prompts_from_pool(tmp_path):
     (tmp_path / "counterfact_qna.json").write_text(json.dumps(qna))
     reqs = [_req(0, "Lyon"), _req(1, "Danielle Darrieux"), _req(2, "Nobody"),
             _req(3, "Lyon", generation=("own prompt about Lyon",))]
-    got = metrics.generation_prompts_for(reqs, path)
+    got = entropy.generation_prompts_for(reqs, path)
     assert got[0] == ["Lyon's twin city is", "The Lyon museum", "Olympique Lyon plays", "Where is Lyon?"]
     assert got[1] == ["Danielle Darrieux speaks"]
     assert got[2] == []
     assert got[3] == ["own prompt about Lyon"]  # the record's own prompts come first, alone
-    assert metrics.generation_prompts_for(reqs[:1], path, max_per_record=2)[0] == [
+    assert entropy.generation_prompts_for(reqs[:1], path, max_per_record=2)[0] == [
         "Lyon's twin city is", "The Lyon museum"]
-    with_qna = metrics.generation_prompts_for(reqs, path, max_per_record=1, append_qna=True)
+    with_qna = entropy.generation_prompts_for(reqs, path, max_per_record=1, append_qna=True)
     assert with_qna[0] == ["Lyon's twin city is", "Where is Lyon?!"]
     assert with_qna[1] == ["Danielle Darrieux speaks"]  # case 1's entry is about another subject
-    assert metrics.generation_prompts_for(reqs, None) == [[], [], [], ["own prompt about Lyon"]]
+    assert entropy.generation_prompts_for(reqs, None) == [[], [], [], ["own prompt about Lyon"]]
 
 
 class _CharTok:
@@ -222,9 +222,9 @@ def test_generation_is_seeded_and_bounded():
     # one compiled shape throughout: the shortest prompt sets max_new_tokens = 38, chunks of 2 whose
     # longest prompt has 11..25 tokens (one character per token) fill a 64-token buffer
     prompts = ["The Lyon museum is", "Paris is a city", "Where is the city of Rome", "Hi", "Big cats eat"]
-    a = metrics.generate_texts(lm, prompts, seed=3, max_out_len=40, batch_size=2)
-    b = metrics.generate_texts(lm, prompts, seed=3, max_out_len=40, batch_size=2)
-    c = metrics.generate_texts(lm, prompts, seed=4, max_out_len=40, batch_size=2)
+    a = entropy.generate_texts(lm, prompts, seed=3, max_out_len=40, batch_size=2)
+    b = entropy.generate_texts(lm, prompts, seed=3, max_out_len=40, batch_size=2)
+    c = entropy.generate_texts(lm, prompts, seed=4, max_out_len=40, batch_size=2)
     assert a == b
     assert a != c
     for p, t in zip(prompts, a):
@@ -233,11 +233,11 @@ def test_generation_is_seeded_and_bounded():
     reqs = [_req(0, "Lyon", ("The Lyon museum is", "Hi")), _req(1, "Nobody"),
             _req(2, "Rome", ("Rome is a big city",))]
     kw = dict(seed=0, max_out_len=40, batch_size=2)
-    g1 = metrics.counterfact_generation_entropy(lm, reqs, **kw, return_texts=True)
-    g2 = metrics.counterfact_generation_entropy(lm, reqs, **kw)
+    g1 = entropy.counterfact_generation_entropy(lm, reqs, **kw, return_texts=True)
+    g2 = entropy.counterfact_generation_entropy(lm, reqs, **kw)
     assert g1["GE"] == g2["GE"] and g1["num_records"] == 2 and g1["per_record"][1] is None
     assert g1["texts"][1] == [] and len(g1["texts"][0]) == 2
-    want = 100 * np.mean([metrics.ngram_entropy(g1["texts"][0]), metrics.ngram_entropy(g1["texts"][2])])
+    want = 100 * np.mean([entropy.ngram_entropy(g1["texts"][0]), entropy.ngram_entropy(g1["texts"][2])])
     assert g1["GE"] == pytest.approx(want)
 
 
@@ -264,7 +264,7 @@ def test_generation_with_gpt2_tokenizer_cuts_to_total_length():
     lm = _tiny_lm(tok, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
                   eos_token_id=tok.eos_token_id)
     prompts = ["Danielle Darrieux's mother tongue is", "Lyon is a"]
-    texts = metrics.generate_texts(lm, prompts, seed=0, max_out_len=24)
+    texts = entropy.generate_texts(lm, prompts, seed=0, max_out_len=24)
     for p, t in zip(prompts, texts):
         assert t.startswith(p)
         assert len(tok(t)["input_ids"]) <= 24

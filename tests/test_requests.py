@@ -18,12 +18,10 @@ from jaxedit.requests import (
     load_requests,
     parse_request,
     parse_requests,
-    subject_last_index,
-    subject_token_mismatch,
     validate_requests,
-    with_leading_space,
     zsre_neighborhood_prompt,
 )
+from jaxedit.prompts import subject_last_index, subject_token_mismatch, with_leading_space
 
 
 NESTED = {

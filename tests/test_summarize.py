@@ -20,7 +20,12 @@ def _load_module():
     )
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
+    # the binary imports its `summary` package from beside it, as `python experiments/summarize.py` does
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
     return mod
 
 

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxedit.numerics import matmul_precision
+
 Array = jax.Array
 
 
@@ -115,8 +117,18 @@ class CausalLM(nnx.Module):
           probe: interventions and taps; default none (plain logits).
         Returns:
           ModelOutput with logits `[b, t, v]` (or `[b, p, v]` with `logits_index`) in float32.
+
+        Every matmul is traced at `config.matmul_precision` (`jaxedit.numerics`), whatever the
+        caller's global precision flag says.
         """
-        probe = probe or Probe()
+        with self.precision_scope():
+            return self._forward(input_ids, attention_mask, probe or Probe())
+
+    def precision_scope(self):
+        """Context under which this model's matmuls are traced (for code that calls submodules)."""
+        return matmul_precision(self.config.matmul_precision)
+
+    def _forward(self, input_ids: Array, attention_mask: Array | None, probe: Probe) -> ModelOutput:
         b, t = input_ids.shape
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), jnp.int32)

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxedit.numerics import check_precision
+
 FAMILIES = ("llama", "gpt2")
 
 
@@ -46,6 +48,8 @@ class ModelConfig:
       tie_word_embeddings: whether the output head reuses the token embedding.
       activation: MLP activation ("silu" for Llama's SwiGLU, "gelu_new" for GPT-2).
       bos_token_id / eos_token_id / pad_token_id: special ids from the config (may be None).
+      matmul_precision: the precision every forward pass is traced at (`jaxedit.numerics`):
+        "highest" (default, exact float32), "high" or "default" (the backend's fastest).
       hf_json: the original config.json text, written back verbatim on export.
     """
 
@@ -66,9 +70,11 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    matmul_precision: str = "highest"
     hf_json: str = dataclasses.field(default="", compare=False, repr=False)
 
     def __post_init__(self):
+        check_precision(self.matmul_precision, "ModelConfig.matmul_precision")
         if self.family not in FAMILIES:
             raise ConfigError(f"family={self.family!r}: expected one of {FAMILIES}")
         if self.num_heads % self.num_kv_heads:

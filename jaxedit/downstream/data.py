@@ -1,0 +1,86 @@
+"""Reading the downstream data (reference §7) from a folder the caller names: the `{task}.json` item
+lists, their split into few-shot pool and tests, and the full MMLU CSVs.
+
+Data: `{task}.json` lists of dicts; items [0:10] are the few-shot pool (the first k are used) and
+the tests are items [10 : 10 + num_tests].
+
+Full MMLU (`mmlu_source=<dir>` holding `dev/` and `test/` CSVs: question,A,B,C,D,answer, no header):
+each test question gets the first k questions of its subject's dev file as few-shots, in the
+reference prompt format (no subject header). `num_tests` counts questions in total, drawn
+round-robin over the subjects in sorted order (question 0 of every subject, then question 1, ...),
+so a small budget still covers all 57 subjects; `num_tests=None` takes every test question
+(14,079 in the shared copy).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+FEW_SHOT_POOL = 10  # items [0:10] are the few-shot pool, tests start at item 10
+
+
+def load_items(task: str, data_dir: str | os.PathLike) -> list[dict]:
+    """The items of `{data_dir}/{task}.json`."""
+    path = Path(data_dir) / f"{task}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: downstream data for task {task!r} not found")
+    items = json.loads(path.read_text())
+    if not isinstance(items, list) or not items or not isinstance(items[0], dict):
+        raise ValueError(f"{path}: expected a non-empty JSON list of objects")
+    return items
+
+
+def split_items(items: Sequence[dict], num_few_shots: int, num_tests: int | None):
+    """(few-shots, tests): items[:num_few_shots] of the pool and items[10 : 10 + num_tests]."""
+    if not 0 <= num_few_shots <= FEW_SHOT_POOL:
+        raise ValueError(f"num_few_shots={num_few_shots}: the few-shot pool has "
+                         f"{FEW_SHOT_POOL} items")
+    available = len(items) - FEW_SHOT_POOL
+    if num_tests is None:
+        num_tests = available
+    if not 0 < num_tests <= available:
+        raise ValueError(f"num_tests={num_tests}: this task has {available} test items")
+    return list(items[:num_few_shots]), list(items[FEW_SHOT_POOL : FEW_SHOT_POOL + num_tests])
+
+
+def _read_mmlu_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f) if r]
+    bad = [i for i, r in enumerate(rows) if len(r) != 6]
+    if bad:
+        raise ValueError(f"{path}: row {bad[0]} does not have 6 columns (question,A,B,C,D,answer)")
+    return [{"question": r[0], "choices": r[1:5], "answer": r[5], "subject": path.stem}
+            for r in rows]
+
+
+def load_full_mmlu(mmlu_dir: str | os.PathLike, num_few_shots: int, num_tests: int | None):
+    """(few-shots per test, tests) from the full MMLU CSVs: dev/<subject>_dev.csv gives each
+    subject's few-shots, tests are taken round-robin over the sorted subjects of test/ (see the
+    module docstring)."""
+    root = Path(mmlu_dir)
+    test_files = sorted((root / "test").glob("*_test.csv"))
+    if not test_files:
+        raise FileNotFoundError(f"{root}/test: no *_test.csv files (expected the MMLU CSV layout)")
+    per_subject = []
+    for f in test_files:
+        subject = f.name[: -len("_test.csv")]
+        dev = root / "dev" / f"{subject}_dev.csv"
+        shots = _read_mmlu_csv(dev)[:num_few_shots] if num_few_shots else []
+        if len(shots) < num_few_shots:
+            raise ValueError(f"{dev}: fewer than {num_few_shots} dev questions")
+        per_subject.append((shots, _read_mmlu_csv(f)))
+    total = sum(len(t) for _, t in per_subject)
+    num_tests = total if num_tests is None else num_tests
+    if not 0 < num_tests <= total:
+        raise ValueError(f"num_tests={num_tests}: full MMLU has {total} test questions")
+    shots_out, tests_out = [], []
+    for j in range(max(len(t) for _, t in per_subject)):
+        for shots, tests in per_subject:
+            if j < len(tests) and len(tests_out) < num_tests:
+                shots_out.append(shots)
+                tests_out.append(tests[j])
+    return shots_out, tests_out

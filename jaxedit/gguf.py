@@ -38,8 +38,9 @@ Conversion rules (every layout change and why):
   (`_llama3_from_rope_freqs`) and check that they reproduce the tensor, rather than dropping it
   silently.
 
-The tokenizer is rebuilt from `tokenizer.ggml.*` (see `build_tokenizer`); only byte-level BPE
-vocabularies (`tokenizer.ggml.model == "gpt2"`: SmolLM2, Llama 3, Qwen...) are supported.
+The tokenizer is rebuilt from `tokenizer.ggml.*` by `jaxedit.gguf_tokenizer.build_tokenizer`; only
+byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`: SmolLM2, Llama 3, Qwen...) are
+supported.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from jaxedit.gguf_tokenizer import build_tokenizer
 
 if TYPE_CHECKING:
     import transformers
@@ -75,27 +78,6 @@ _GLOBAL_NAMES = {
     "output.weight": "lm_head.weight",
 }
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
-
-# llama.cpp token types (gguf.TokenType): 3 = CONTROL (special), 4 = USER_DEFINED (added, not
-# special).
-_TOKEN_CONTROL = 3
-_TOKEN_USER_DEFINED = 4
-
-# Pre-tokenizer split regexes for `tokenizer.ggml.pre` values whose merges were learned on a split
-# other than GPT-2's. Anything else (including SmolLM2's "smollm") uses the GPT-2 split of the
-# ByteLevel pre-tokenizer, which is also what transformers' own GGUF loader does (and what the
-# golden ids use).
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_PRE_TOKENIZER_SPLITS = {
-    "llama3": _LLAMA3_SPLIT,
-    "llama-v3": _LLAMA3_SPLIT,
-    "llama-bpe": _LLAMA3_SPLIT,
-    "smaug-bpe": _LLAMA3_SPLIT,
-}
-
 
 def permute_qk_for_gguf(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Applies llama.cpp's q/k row permutation (Hugging Face rotate-half -> adjacent-pair RoPE).
@@ -271,16 +253,18 @@ def _rope_scaling_from_metadata(meta: dict[str, Any]) -> dict[str, Any] | None:
     return scaling
 
 
-def _llama3_factors(cfg: dict[str, Any], scaling: dict[str, Any]) -> np.ndarray:
-    """Per-frequency divisors of Hugging Face's llama3 RoPE (`_compute_llama3_parameters`)."""
+def _inv_freq(cfg: dict[str, Any]) -> np.ndarray:
+    """Unscaled RoPE inverse frequencies [head_dim // 2], float64."""
     head_dim = cfg["head_dim"]
-    inv_freq = cfg["rope_theta"] ** -(np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    wavelen = 2 * math.pi / inv_freq
-    factor = scaling["factor"]
-    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-    old_ctx = scaling["original_max_position_embeddings"]
-    smooth = np.clip((old_ctx / wavelen - low) / (high - low), 0.0, 1.0)
-    return 1.0 / ((1.0 - smooth) / factor + smooth)
+    return cfg["rope_theta"] ** -(np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+
+
+def _llama3_factors(cfg: dict[str, Any], scaling: dict[str, Any]) -> np.ndarray:
+    """Per-frequency divisors (what `rope_freqs.weight` holds) of Hugging Face's llama3 RoPE."""
+    from jaxedit.models.config import llama3_scale
+
+    inv_freq = _inv_freq(cfg)
+    return inv_freq / llama3_scale(inv_freq, scaling)
 
 
 def _llama3_from_rope_freqs(cfg: dict[str, Any], freqs: np.ndarray) -> dict[str, Any] | None:
@@ -295,9 +279,7 @@ def _llama3_from_rope_freqs(cfg: dict[str, Any], freqs: np.ndarray) -> dict[str,
     factor = float(freqs.max())
     if factor <= 1.0:
         return None
-    head_dim = cfg["head_dim"]
-    inv_freq = cfg["rope_theta"] ** -(np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    x = inv_freq / (2 * math.pi)  # 1 / wavelen; s = a * x - b grows with x
+    x = _inv_freq(cfg) / (2 * math.pi)  # 1 / wavelen; s = a * x - b grows with x
     s = (1.0 / freqs - 1.0 / factor) / (1.0 - 1.0 / factor)
     scaled, unscaled = s <= 1e-4, s >= 1 - 1e-4
     mid = ~scaled & ~unscaled
@@ -341,10 +323,12 @@ def _apply_rope_freqs(cfg: dict[str, Any], freqs: np.ndarray) -> None:
             return
         scaling = _llama3_from_rope_freqs(cfg, freqs)
     needed = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    # Hugging Face's llama3 rule (`llama3_scale`, what the models compute) needs 0 < low < high.
     if (
         scaling is None
         or scaling.get("rope_type") != "llama3"
         or not all(k in scaling for k in needed)
+        or not 0 < scaling["low_freq_factor"] < scaling["high_freq_factor"]
     ):
         raise ValueError(
             "rope_freqs.weight (per-frequency RoPE divisors) is present but cannot be expressed as "
@@ -444,151 +428,3 @@ def _summary(cfg: dict[str, Any]) -> str:
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
             "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings")
     return "{" + ", ".join(f"{k}={cfg[k]}" for k in keys) + "}"
-
-
-def build_tokenizer(meta: dict[str, Any]) -> transformers.PreTrainedTokenizerFast:
-    """Builds a fast tokenizer from GGUF `tokenizer.ggml.*` metadata (byte-level BPE only).
-
-    The vocabulary ids, merges, pre-tokenizer and special tokens come from the file: tokens marked
-    CONTROL become special tokens (never split, skipped on `decode(skip_special_tokens=True)`),
-    USER_DEFINED ones become plain added tokens. A BOS (EOS) is prepended (appended) only when
-    `tokenizer.ggml.add_bos_token` (`add_eos_token`) says so; byte-level files default to neither,
-    as llama.cpp does.
-
-    Args:
-      meta: the file's metadata, key -> Python value.
-
-    Returns:
-      A `PreTrainedTokenizerFast` with right padding.
-
-    Raises:
-      ValueError: the vocabulary is not byte-level BPE or is incomplete.
-    """
-    from tokenizers import (
-        AddedToken,
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-    )
-    from transformers import PreTrainedTokenizerFast
-
-    kind = meta.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ValueError(
-            f"GGUF field tokenizer.ggml.model={kind!r}: jaxedit rebuilds only byte-level BPE "
-            "('gpt2') tokenizers from GGUF files"
-        )
-    tokens: list[str] = list(meta.get("tokenizer.ggml.tokens") or [])
-    merges_text: list[str] = list(meta.get("tokenizer.ggml.merges") or [])
-    if not tokens or not merges_text:
-        raise ValueError("GGUF has no tokenizer.ggml.tokens / tokenizer.ggml.merges")
-    token_types = list(meta.get("tokenizer.ggml.token_type") or [])
-
-    alphabet = set(_bytes_to_unicode().values())
-    spelling = _bytes_to_unicode()
-
-    def respell(token: str) -> str:
-        # Regular tokens are already spelled in the byte alphabet (space = "Ġ"); a token outside it
-        # (a mislabelled control token, say) is respelled so the BPE model can still hold it.
-        if set(token) <= alphabet:
-            return token
-        return "".join(spelling[b] for b in token.encode("utf-8"))
-
-    vocab: dict[str, int] = {}
-    for i, token in enumerate(tokens):
-        vocab.setdefault(respell(token), i)
-    merges = [tuple(m.split(" ", 1)) for m in merges_text]
-    tok = Tokenizer(
-        models.BPE(
-            vocab=vocab,
-            merges=merges,
-            dropout=None,
-            continuing_subword_prefix="",
-            end_of_word_suffix="",
-            fuse_unk=False,
-        )
-    )
-    add_prefix_space = bool(meta.get("tokenizer.ggml.add_space_prefix", False))
-    split = _PRE_TOKENIZER_SPLITS.get(meta.get("tokenizer.ggml.pre"))
-    if split is None:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
-    else:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(split), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, use_regex=False),
-        ])
-    tok.decoder = decoders.ByteLevel()
-
-    # Control tokens must stay whole: without this "<|im_start|>" would be cut into byte pieces.
-    special = [
-        AddedToken(t, normalized=False, special=True)
-        for t, ty in zip(tokens, token_types, strict=False)
-        if ty == _TOKEN_CONTROL and set(t) <= alphabet
-    ]
-    user = [
-        AddedToken(t, normalized=False, special=False)
-        for t, ty in zip(tokens, token_types, strict=False)
-        if ty == _TOKEN_USER_DEFINED and t in vocab
-    ]
-    if special:
-        tok.add_special_tokens(special)
-    if user:
-        tok.add_tokens(user)
-
-    def token_of(key: str) -> str | None:
-        idx = meta.get(f"tokenizer.ggml.{key}")
-        return tokens[int(idx)] if idx is not None and 0 <= int(idx) < len(tokens) else None
-
-    bos, eos = token_of("bos_token_id"), token_of("eos_token_id")
-    unk, pad = token_of("unknown_token_id"), token_of("padding_token_id")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
-    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
-    if add_bos or add_eos:
-        def template(seq: str, type_id: int) -> list[str]:
-            return (
-                ([f"{bos}:{type_id}"] if add_bos else [])
-                + [f"{seq}:{type_id}"]
-                + ([f"{eos}:{type_id}"] if add_eos else [])
-            )
-
-        single = " ".join(template("$A", 0))
-        pair = " ".join(template("$A", 0) + template("$B", 1))
-        specials = [(t, vocab[respell(t)]) for t in {bos, eos} if t is not None]
-        tok.post_processor = processors.TemplateProcessing(
-            single=single, pair=pair, special_tokens=specials
-        )
-
-    kwargs: dict[str, Any] = {
-        k: v for k, v in (("bos_token", bos), ("eos_token", eos), ("unk_token", unk),
-                          ("pad_token", pad)) if v is not None
-    }
-    if "tokenizer.chat_template" in meta:
-        kwargs["chat_template"] = meta["tokenizer.chat_template"]
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-        model_max_length=int(meta.get("llama.context_length", 2048)),
-        **kwargs,
-    )
-    return fast
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (the byte-level BPE alphabet)."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))

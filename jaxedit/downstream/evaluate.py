@@ -48,9 +48,10 @@ from jaxedit.downstream.data import load_full_mmlu, load_items, split_items
 from jaxedit.downstream.prompts import Prompt, build_prompts, token_ids
 from jaxedit.downstream.scoring import score_predictions
 from jaxedit.downstream.tasks import DEFAULT_GEN_LEN, TASKS, Task, check_quirks, resolve_tasks
-from jaxedit.lm import bucket, decode_loop
+from jaxedit.lm import decode_loop
 from jaxedit.models import Probe
 from jaxedit.models.layers import merge_cache
+from jaxedit.shapes import bucket
 
 log = logging.getLogger(__name__)
 

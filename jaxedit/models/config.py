@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -251,18 +252,35 @@ def to_hf_dict(config: ModelConfig) -> dict:
 def rope_inv_freq(config: ModelConfig) -> np.ndarray:
     """RoPE inverse frequencies [head_dim // 2] (float32), with llama3 scaling when configured.
 
-    Mirrors HF `_compute_default_rope_parameters` / `_compute_llama3_parameters`: wavelengths longer than
-    `original_max / low_freq_factor` are divided by `factor`, shorter than `original_max /
-    high_freq_factor` are kept, and the band between is interpolated smoothly.
+    Mirrors HF `_compute_default_rope_parameters`, then `llama3_scale` when `rope_scaling` is set.
     """
     dim = config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
     inv_freq = inv_freq.astype(np.float32)
     if not config.rope_scaling:
         return inv_freq
-    s = dict(config.rope_scaling)
-    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
-    old_ctx = s["original_max_position_embeddings"]
+    return llama3_scale(inv_freq, dict(config.rope_scaling))
+
+
+def llama3_scale(inv_freq: np.ndarray, scaling: Mapping[str, Any]) -> np.ndarray:
+    """Applies llama3 RoPE frequency scaling to `inv_freq`, computed in `inv_freq`'s dtype.
+
+    Mirrors HF `_compute_llama3_parameters`: wavelengths longer than
+    `original_max / low_freq_factor` are divided by `factor`, shorter than
+    `original_max / high_freq_factor` are kept, and the band between is interpolated smoothly.
+    This is the one implementation of that rule: the models use it in float32 (`rope_inv_freq`),
+    the GGUF reader in float64 to check `rope_freqs.weight` (`jaxedit.gguf`).
+
+    Args:
+      inv_freq: unscaled inverse frequencies [head_dim // 2].
+      scaling: `factor`, `low_freq_factor`, `high_freq_factor` and
+        `original_max_position_embeddings`.
+
+    Returns:
+      The scaled inverse frequencies, same shape and dtype.
+    """
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_ctx = scaling["original_max_position_embeddings"]
     low_wavelen = old_ctx / low
     high_wavelen = old_ctx / high
     wavelen = 2 * math.pi / inv_freq
@@ -270,4 +288,4 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
     smooth = (old_ctx / wavelen - low) / (high - low)
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+    return np.where(is_medium, smoothed, scaled).astype(inv_freq.dtype)

@@ -1,4 +1,6 @@
-"""AlphaEdit on Llama-3-8B with the paper's hyperparameters (reference §5; table in jaxedit/hparams.py)."""
+"""AlphaEdit on Llama-3-8B with the paper's hyperparameters (reference §5; table in
+jaxedit/hparams.py).
+"""
 
 from jaxedit import hparams
 

@@ -1,4 +1,6 @@
-"""EMMET on Llama-2-7B with the paper's hyperparameters (reference §5; table in jaxedit/hparams.py)."""
+"""EMMET on Llama-2-7B with the paper's hyperparameters (reference §5; table in
+jaxedit/hparams.py).
+"""
 
 from jaxedit import hparams
 

@@ -1,4 +1,6 @@
-"""ENCORE on GPT2-XL with the paper's hyperparameters (reference §5; table in jaxedit/hparams.py)."""
+"""ENCORE on GPT2-XL with the paper's hyperparameters (reference §5; table in
+jaxedit/hparams.py).
+"""
 
 from jaxedit import hparams
 

@@ -1,4 +1,6 @@
-"""ENCORE on Llama-2-7B with the paper's hyperparameters (reference §5; table in jaxedit/hparams.py)."""
+"""ENCORE on Llama-2-7B with the paper's hyperparameters (reference §5; table in
+jaxedit/hparams.py).
+"""
 
 from jaxedit import hparams
 

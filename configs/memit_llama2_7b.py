@@ -1,4 +1,6 @@
-"""MEMIT on Llama-2-7B with the paper's hyperparameters (reference §5; table in jaxedit/hparams.py)."""
+"""MEMIT on Llama-2-7B with the paper's hyperparameters (reference §5; table in
+jaxedit/hparams.py).
+"""
 
 from jaxedit import hparams
 

@@ -1,4 +1,6 @@
-"""Sequential MEMIT + the Frobenius-norm constraint on SmolLM2-135M (the paper's ablation: λ_n only)."""
+"""Sequential MEMIT + the Frobenius-norm constraint on SmolLM2-135M (the paper's
+ablation: λ_n only).
+"""
 
 from jaxedit import hparams
 

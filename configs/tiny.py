@@ -1,4 +1,6 @@
-"""A tiny, fast setting for tests and the CI notebook run: random 4-layer models, few search steps."""
+"""A tiny, fast setting for tests and the CI notebook run: random 4-layer models,
+few search steps.
+"""
 
 from jaxedit.config import FIXED_TEMPLATES, EditConfig, SearchConfig, SolveConfig, StatsConfig
 

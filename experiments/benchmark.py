@@ -1,11 +1,12 @@
-"""Editing speed on SmolLM2 with the reference measurement's settings (shared/BENCHMARKS.md), side by side.
+"""Editing speed on SmolLM2 with the reference measurement's settings (shared/BENCHMARKS.md),
+side by side.
 
 Settings as the reference: CounterFact records 0..N-1 of counterfact-edit.json edited sequentially,
-layers 4-8, the paper's Llama-3-8B hyperparameters, the six fixed context templates of the golden run,
-C0 from the 2,185 WikiText-2 paragraphs. Per configuration it prints and writes (JSON) seconds per edit
-(search and update separately, mean over batches, and the steady state without the first batch, which
-includes XLA compilation), mean search steps, final mean target probability and ES/PS/NS of the edited
-records after the run.
+layers 4-8, the paper's Llama-3-8B hyperparameters, the six fixed context templates of the golden
+run, C0 from the 2,185 WikiText-2 paragraphs. Per configuration it prints and writes (JSON) seconds
+per edit (search and update separately, mean over batches, and the steady state without the first
+batch, which includes XLA compilation), mean search steps, final mean target probability and
+ES/PS/NS of the edited records after the run.
 
     python experiments/benchmark.py --out=bench.json                      # everything (long)
     python experiments/benchmark.py --methods=ENCORE --batch_sizes=10     # one row
@@ -13,7 +14,6 @@ records after the run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -24,28 +24,43 @@ import numpy as np
 from absl import app, flags, logging
 
 import jaxedit
-import paths  # experiments/paths.py: the binaries' default data folders
 from jaxedit import editor, hparams, hub, metrics, stats
 from jaxedit import requests as requests_lib
+
+import paths  # experiments/paths.py: the binaries' default data folders
 
 FLAGS = flags.FLAGS
 SHARED = paths.shared_dir()
 flags.DEFINE_list("methods", ["MEMIT", "MEMIT+MPES", "ENCORE", "AlphaEdit"], "Rows to measure.")
 flags.DEFINE_list("batch_sizes", ["10", "100", "1"], "Batch sizes.")
 flags.DEFINE_integer("num_edits", 100, "Records edited per configuration.")
-flags.DEFINE_integer("num_edits_bs1", 20, "Records edited at batch size 1 (time per edit is a mean).")
-flags.DEFINE_string("data_path", str(SHARED / "data/counterfact/counterfact-edit.json"), "CounterFact.")
-flags.DEFINE_string("stats_text", str(SHARED / "data/text/wikitext-2-raw.wiki.test.raw"), "C0 corpus.")
+flags.DEFINE_integer(
+    "num_edits_bs1", 20, "Records edited at batch size 1 (time per edit is a mean)."
+)
+flags.DEFINE_string(
+    "data_path", str(SHARED / "data/counterfact/counterfact-edit.json"), "CounterFact."
+)
+flags.DEFINE_string(
+    "stats_text", str(SHARED / "data/text/wikitext-2-raw.wiki.test.raw"), "C0 corpus."
+)
 flags.DEFINE_string("golden", str(SHARED / "golden/meta.json"), "For the fixed context templates.")
 flags.DEFINE_string("out", "benchmark.json", "Where to write the JSON results.")
 flags.DEFINE_bool("evaluate", True, "Also compute ES/PS/NS after the run.")
 
 # The reference's figures (shared/BENCHMARKS.md; batches of 10, 100 edits, 2 CPU cores).
 REFERENCE = {
-    "MEMIT": dict(s_per_edit=18.27, search=16.88, update=1.38, steps=22.9, prob=0.975, ES=59, PS=54, NS=65),
-    "MEMIT+MPES": dict(s_per_edit=8.69, search=7.38, update=1.31, steps=10.6, prob=0.648, ES=49, PS=49, NS=65),
-    "ENCORE": dict(s_per_edit=8.83, search=7.48, update=1.34, steps=10.6, prob=0.648, ES=48, PS=49, NS=65),
-    "AlphaEdit": dict(s_per_edit=18.45, search=17.09, update=1.36, steps=24.0, prob=0.220, ES=74, PS=62, NS=67),
+    "MEMIT": dict(
+        s_per_edit=18.27, search=16.88, update=1.38, steps=22.9, prob=0.975, ES=59, PS=54, NS=65
+    ),
+    "MEMIT+MPES": dict(
+        s_per_edit=8.69, search=7.38, update=1.31, steps=10.6, prob=0.648, ES=49, PS=49, NS=65
+    ),
+    "ENCORE": dict(
+        s_per_edit=8.83, search=7.48, update=1.34, steps=10.6, prob=0.648, ES=48, PS=49, NS=65
+    ),
+    "AlphaEdit": dict(
+        s_per_edit=18.45, search=17.09, update=1.36, steps=24.0, prob=0.220, ES=74, PS=62, NS=67
+    ),
 }
 
 
@@ -69,21 +84,38 @@ def run_one(model, row, batch_size, reqs, templates, layer_stats) -> dict:
     for k in range(0, len(reqs), batch_size):
         batch = reqs[k : k + batch_size]
         state, rep = ed.apply(state, batch)
-        per_batch.append(dict(n=len(batch), search=rep.search_time, update=rep.update_time,
-                              steps=rep.stop_steps.tolist(), prob=rep.target_prob.tolist()))
-        logging.info("%s bs=%d batch %d: search %.2f s update %.2f s", row, batch_size, k // batch_size,
-                     rep.search_time, rep.update_time)
+        per_batch.append(
+            dict(
+                n=len(batch),
+                search=rep.search_time,
+                update=rep.update_time,
+                steps=rep.stop_steps.tolist(),
+                prob=rep.target_prob.tolist(),
+            )
+        )
+        logging.info(
+            "%s bs=%d batch %d: search %.2f s update %.2f s",
+            row,
+            batch_size,
+            k // batch_size,
+            rep.search_time,
+            rep.update_time,
+        )
 
     def per_edit(batches, key):
         return float(np.mean([b[key] / b["n"] for b in batches])) if batches else float("nan")
 
     steady = per_batch[1:]
     out = dict(
-        row=row, batch_size=batch_size, num_edits=len(reqs),
+        row=row,
+        batch_size=batch_size,
+        num_edits=len(reqs),
         s_per_edit=per_edit(per_batch, "search") + per_edit(per_batch, "update"),
-        search=per_edit(per_batch, "search"), update=per_edit(per_batch, "update"),
+        search=per_edit(per_batch, "search"),
+        update=per_edit(per_batch, "update"),
         steady_s_per_edit=per_edit(steady, "search") + per_edit(steady, "update"),
-        steady_search=per_edit(steady, "search"), steady_update=per_edit(steady, "update"),
+        steady_search=per_edit(steady, "search"),
+        steady_update=per_edit(steady, "update"),
         steps=float(np.mean([s for b in per_batch for s in b["steps"]])),
         prob=float(np.mean([p for b in per_batch for p in b["prob"]])),
     )
@@ -96,14 +128,30 @@ def main(argv):
     del argv
     model = jaxedit.load("smollm2-135m")
     reqs = requests_lib.load_requests(FLAGS.data_path, 0, FLAGS.num_edits)
-    templates = tuple(tuple(g) for g in json.loads(Path(FLAGS.golden).read_text())["context_templates"])
+    templates = tuple(
+        tuple(g) for g in json.loads(Path(FLAGS.golden).read_text())["context_templates"]
+    )
     t0 = time.perf_counter()
-    layer_stats = stats.layer_stats(model, (4, 5, 6, 7, 8), FLAGS.stats_text, num_samples=2185,
-                                    cache_dir=hub.cache_dir() / "stats", null_threshold=2e-2)
-    results = {"stats_time_s": time.perf_counter() - t0, "rows": [], "reference": REFERENCE,
-               "device": str(jax.devices()[0]), "cpu_count": os.cpu_count()}
-    header = (f"{'row':<11} {'bs':>4} {'edits':>5} {'s/edit':>7} {'search':>7} {'update':>7} {'steady':>7} "
-              f"{'steps':>6} {'prob':>6} {'ES':>5} {'PS':>5} {'NS':>5} | ref s/edit steps ES")
+    layer_stats = stats.layer_stats(
+        model,
+        (4, 5, 6, 7, 8),
+        FLAGS.stats_text,
+        num_samples=2185,
+        cache_dir=hub.cache_dir() / "stats",
+        null_threshold=2e-2,
+    )
+    results = {
+        "stats_time_s": time.perf_counter() - t0,
+        "rows": [],
+        "reference": REFERENCE,
+        "device": str(jax.devices()[0]),
+        "cpu_count": os.cpu_count(),
+    }
+    header = (
+        f"{'row':<11} {'bs':>4} {'edits':>5} {'s/edit':>7} {'search':>7} {'update':>7} "
+        f"{'steady':>7} "
+        f"{'steps':>6} {'prob':>6} {'ES':>5} {'PS':>5} {'NS':>5} | ref s/edit steps ES"
+    )
     print(header)
     for bs in map(int, FLAGS.batch_sizes):
         for row in FLAGS.methods:
@@ -111,11 +159,15 @@ def main(argv):
             r = run_one(model, row, bs, reqs[:n], templates, layer_stats)
             results["rows"].append(r)
             ref = REFERENCE.get(row, {})
-            print(f"{row:<11} {bs:>4} {n:>5} {r['s_per_edit']:7.2f} {r['search']:7.2f} {r['update']:7.2f} "
-                  f"{r['steady_s_per_edit']:7.2f} {r['steps']:6.1f} {r['prob']:6.3f} "
-                  f"{r.get('ES', float('nan')):5.0f} {r.get('PS', float('nan')):5.0f} "
-                  f"{r.get('NS', float('nan')):5.0f} | {ref.get('s_per_edit', float('nan')):6.2f} "
-                  f"{ref.get('steps', float('nan')):5.1f} {ref.get('ES', float('nan')):3}", flush=True)
+            print(
+                f"{row:<11} {bs:>4} {n:>5} {r['s_per_edit']:7.2f} {r['search']:7.2f} "
+                f"{r['update']:7.2f} "
+                f"{r['steady_s_per_edit']:7.2f} {r['steps']:6.1f} {r['prob']:6.3f} "
+                f"{r.get('ES', float('nan')):5.0f} {r.get('PS', float('nan')):5.0f} "
+                f"{r.get('NS', float('nan')):5.0f} | {ref.get('s_per_edit', float('nan')):6.2f} "
+                f"{ref.get('steps', float('nan')):5.1f} {ref.get('ES', float('nan')):3}",
+                flush=True,
+            )
             Path(FLAGS.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {FLAGS.out}")
 

@@ -1,28 +1,30 @@
-"""Sequential editing run (the paper's protocol, reference §6.2, §7, §8): N edits in batches of B, evaluated
-as it goes, resumable.
+"""Sequential editing run (the paper's protocol, reference §6.2, §7, §8): N edits in batches of B,
+evaluated as it goes, resumable.
 
     python experiments/edit.py --config=configs/encore_smollm2.py \
-        --data_path=../shared/data/counterfact/counterfact-edit.json --num_edits=1000 --batch_size=100 \
+        --data_path=../shared/data/counterfact/counterfact-edit.json \
+        --num_edits=1000 --batch_size=100 \
         --downstream=sst2,mrpc,cola,rte,nli,mmlu --downstream_every=2 --workdir=runs/encore
 
 Order of work:
-  1. the unedited baseline, once, on the original weights (`baseline.json`, or `--baseline` reuses one
-     from another run on the same model and data): editing metrics of every record to be edited,
-     Generation Entropy of the final evaluation subset, downstream scores, weight norms and activation
-     shares;
+  1. the unedited baseline, once, on the original weights (`baseline.json`, or `--baseline` reuses
+     one from another run on the same model and data): editing metrics of every record to be edited,
+     Generation Entropy of the final evaluation subset, downstream scores, weight norms and
+     activation shares;
   2. per batch: edit; score the batch's own records right after it is written (`eval`, with the same
      records' baseline as `eval_before`); ‖W‖_F of every layer's MLP output matrix; one line in
-     `batches.jsonl`; every `--downstream_every` batches (and after the last) a snapshot of the edited
-     matrices, downstream scores (`downstream.jsonl`) and activation shares (`activation.jsonl`); then a
-     checkpoint (`checkpoint.npz`: edited matrices, previous-edit caches, batches done);
-  3. at the end, `final.json`: editing metrics (ES/PS/NS/S, _acc, _diff; GE on a seeded subset) of all
-     edited records (or a seeded fraction, as the reference's 20 %) against the same baseline.
+     `batches.jsonl`; every `--downstream_every` batches (and after the last) a snapshot of the
+     edited matrices, downstream scores (`downstream.jsonl`) and activation shares
+     (`activation.jsonl`); then a checkpoint (`checkpoint.npz`: edited matrices, previous-edit
+     caches, batches done);
+  3. at the end, `final.json`: editing metrics (ES/PS/NS/S, _acc, _diff; GE on a seeded subset) of
+     all edited records (or a seeded fraction, as the reference's 20 %) against the same baseline.
 
-Interrupted runs resume from the checkpoint with the same command: lines written for batches after it
-are dropped and those batches redone (deterministic), so no edit is lost or applied twice.
-`--max_batches` stops cleanly after that many batches of this invocation. `--evaluate_snapshots` fills in
-missing downstream tasks/activation points from the saved snapshots (e.g. a task added later).
-Bad input exits non-zero before any edit, and no model is written.
+Interrupted runs resume from the checkpoint with the same command: lines written for batches after
+it are dropped and those batches redone (deterministic), so no edit is lost or applied twice.
+`--max_batches` stops cleanly after that many batches of this invocation. `--evaluate_snapshots`
+fills in missing downstream tasks/activation points from the saved snapshots (e.g. a task added
+later). Bad input exits non-zero before any edit, and no model is written.
 """
 
 from __future__ import annotations
@@ -40,61 +42,104 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import jaxedit
-import paths  # experiments/paths.py: the binaries' default data folders
 from jaxedit import analysis, downstream, editor, entropy, hub, metrics, stats, templates
 from jaxedit import config as config_lib
 from jaxedit import requests as requests_lib
 from jaxedit.corpus import wikitext_paragraphs
-from jaxedit.models import rewrite_path
+
+import paths  # experiments/paths.py: the binaries' default data folders
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/encore_smollm2.py", "A configs/*.py file.")
 flags.DEFINE_string("model", None, "Preset, HF directory or GGUF path (default: the config's).")
 flags.DEFINE_enum("method", None, list(config_lib.METHODS), "Override the config's method.")
 flags.DEFINE_string("hparams_json", None, "The authors' hparams JSON (overrides the config).")
-flags.DEFINE_string("label", None, "Name of this run in tables and plots (default: from the config).")
+flags.DEFINE_string(
+    "label", None, "Name of this run in tables and plots (default: from the config)."
+)
 flags.DEFINE_string("requests", None, "JSON/JSONL file of requests in any accepted layout.")
-flags.DEFINE_string("data_path", None, "Dataset file (CounterFact/zsRE) to slice with --start/--num_edits.")
+flags.DEFINE_string(
+    "data_path", None, "Dataset file (CounterFact/zsRE) to slice with --start/--num_edits."
+)
 flags.DEFINE_integer("start", 0, "First record of --data_path.")
 flags.DEFINE_integer("num_edits", 100, "Records to edit from --data_path.")
 flags.DEFINE_integer("batch_size", 10, "Requests per sequential batch.")
 flags.DEFINE_string("templates", None, "JSON file of fixed context templates (nested-list form).")
-flags.DEFINE_string("stats_text", None, "Corpus for C0: .txt (blank-line separated), .jsonl, folder, "
-                    "or a raw WikiText file.")
+flags.DEFINE_string(
+    "stats_text",
+    None,
+    "Corpus for C0: .txt (blank-line separated), .jsonl, folder, or a raw WikiText file.",
+)
 flags.DEFINE_integer("stats_samples", None, "Use the first N documents of the corpus.")
-flags.DEFINE_string("stats_npz", None, "Directory of MEMIT's published statistics files to import "
-                    "(`*.{layer}.mlp.*_float32_mom2_{N}.npz`); other layers are computed.")
-flags.DEFINE_string("stats_dir", None, "Cache directory for statistics (default: $JAXEDIT_CACHE/stats).")
+flags.DEFINE_string(
+    "stats_npz",
+    None,
+    "Directory of MEMIT's published statistics files to import "
+    "(`*.{layer}.mlp.*_float32_mom2_{N}.npz`); other layers are computed.",
+)
+flags.DEFINE_string(
+    "stats_dir", None, "Cache directory for statistics (default: $JAXEDIT_CACHE/stats)."
+)
 flags.DEFINE_string("dump_dir", None, "Write batch_{k:03d}.npz arrays here.")
 flags.DEFINE_string("export_dir", None, "Write the edited model here (Hugging Face format).")
-flags.DEFINE_string("workdir", None, "Run directory (created; resumed when it holds this run).",
-                    required=True)
+flags.DEFINE_string(
+    "workdir", None, "Run directory (created; resumed when it holds this run).", required=True
+)
 flags.DEFINE_bool("overwrite", False, "Delete the results of an earlier run in --workdir first.")
-flags.DEFINE_integer("max_batches", None, "Stop (resumable) after this many batches of this invocation.")
+flags.DEFINE_integer(
+    "max_batches", None, "Stop (resumable) after this many batches of this invocation."
+)
 flags.DEFINE_bool("evaluate", True, "Editing metrics: baseline, per batch and final.")
 flags.DEFINE_bool("eval_batches", True, "Score each batch's own records right after it is written.")
-flags.DEFINE_float("final_fraction", 1.0, "Fraction of the edited records scored at the end (seeded; "
-                   "the reference uses 0.2).")
-flags.DEFINE_float("generation_fraction", 0.2, "Fraction of the edited records whose generation "
-                   "prompts are sampled for Generation Entropy (seeded; 0 disables GE).")
+flags.DEFINE_float(
+    "final_fraction",
+    1.0,
+    "Fraction of the edited records scored at the end (seeded; the reference uses 0.2).",
+)
+flags.DEFINE_float(
+    "generation_fraction",
+    0.2,
+    "Fraction of the edited records whose generation "
+    "prompts are sampled for Generation Entropy (seeded; 0 disables GE).",
+)
 flags.DEFINE_integer("eval_seed", 42, "Seed of the evaluated subsets and of the GE sampling.")
-flags.DEFINE_string("generation_pool", None, "Generation-prompt pool for records without their own "
-                    "(default: $JAXEDIT_DATA/counterfact/cf_generation_prompts.json when present).")
-flags.DEFINE_list("downstream", [], "Downstream tasks (sst2,mrpc,cola,rte,nli,mmlu,sentiment_analysis,"
-                  "dialogue).")
-flags.DEFINE_integer("downstream_every", 0, "Evaluate downstream tasks every k batches (0: only at "
-                     "the end when --downstream is given).")
+flags.DEFINE_string(
+    "generation_pool",
+    None,
+    "Generation-prompt pool for records without their own "
+    "(default: $JAXEDIT_DATA/counterfact/cf_generation_prompts.json when present).",
+)
+flags.DEFINE_list(
+    "downstream", [], "Downstream tasks (sst2,mrpc,cola,rte,nli,mmlu,sentiment_analysis,dialogue)."
+)
+flags.DEFINE_integer(
+    "downstream_every",
+    0,
+    "Evaluate downstream tasks every k batches (0: only at the end when --downstream is given).",
+)
 flags.DEFINE_integer("downstream_tests", 100, "Test items per downstream task.")
 flags.DEFINE_integer("downstream_shots", 4, "Few-shot examples per prompt.")
-flags.DEFINE_enum("downstream_quirks", "clean", ["clean", "reference"], "Reference prompt/parse quirks.")
-flags.DEFINE_string("downstream_data", None, "Folder of the downstream sets (default "
-                    "$JAXEDIT_DATA/downstream).")
-flags.DEFINE_integer("activation_texts", 32, "WikiText paragraphs for the activation-norm shares at "
-                     "each downstream point (0: off).")
-flags.DEFINE_string("baseline", None, "Reuse the baseline.json of another run on the same model, data "
-                    "and evaluation settings.")
-flags.DEFINE_bool("evaluate_snapshots", False, "Only fill in missing downstream/activation results "
-                  "from the run's snapshots, then exit.")
+flags.DEFINE_enum(
+    "downstream_quirks", "clean", ["clean", "reference"], "Reference prompt/parse quirks."
+)
+flags.DEFINE_string(
+    "downstream_data", None, "Folder of the downstream sets (default $JAXEDIT_DATA/downstream)."
+)
+flags.DEFINE_integer(
+    "activation_texts",
+    32,
+    "WikiText paragraphs for the activation-norm shares at each downstream point (0: off).",
+)
+flags.DEFINE_string(
+    "baseline",
+    None,
+    "Reuse the baseline.json of another run on the same model, data and evaluation settings.",
+)
+flags.DEFINE_bool(
+    "evaluate_snapshots",
+    False,
+    "Only fill in missing downstream/activation results from the run's snapshots, then exit.",
+)
 
 
 def data_root() -> Path:
@@ -143,8 +188,9 @@ def load_all_requests(model) -> list[requests_lib.EditRequest]:
         raise app.UsageError(f"--batch_size={FLAGS.batch_size}: must be >= 1")
     # Validate every batch before editing anything (duplicates are checked per batch).
     for k in range(0, len(reqs), FLAGS.batch_size):
-        requests_lib.validate_requests(reqs[k : k + FLAGS.batch_size], model.tokenizer,
-                                       model.config.max_position_embeddings)
+        requests_lib.validate_requests(
+            reqs[k : k + FLAGS.batch_size], model.tokenizer, model.config.max_position_embeddings
+        )
     return reqs
 
 
@@ -189,8 +235,15 @@ def append_jsonl(path: Path, row: dict) -> None:
         f.write(json.dumps(row, default=float) + "\n")
 
 
-RESULT_FILES = ("run.json", "baseline.json", "batches.jsonl", "downstream.jsonl", "activation.jsonl",
-                "final.json", "checkpoint.npz")
+RESULT_FILES = (
+    "run.json",
+    "baseline.json",
+    "batches.jsonl",
+    "downstream.jsonl",
+    "activation.jsonl",
+    "final.json",
+    "checkpoint.npz",
+)
 IDENTITY = ("config", "model", "data", "start", "num_requests", "batch_size", "case_ids")
 
 
@@ -200,11 +253,17 @@ def check_resumable(workdir: Path, run: dict) -> bool:
     if not path.exists():
         return False
     old = json.loads(path.read_text())
-    diff = [k for k in IDENTITY if json.dumps(old.get(k), default=str) != json.dumps(run.get(k), default=str)]
+    diff = [
+        k
+        for k in IDENTITY
+        if json.dumps(old.get(k), default=str) != json.dumps(run.get(k), default=str)
+    ]
     if diff:
         raise app.UsageError(
-            f"--workdir={workdir} holds another run (differs in {', '.join(diff)}): use a new --workdir, "
-            "or --overwrite to discard it")
+            f"--workdir={workdir} holds another run (differs in {', '.join(diff)}): "
+            "use a new --workdir, "
+            "or --overwrite to discard it"
+        )
     return True
 
 
@@ -235,31 +294,46 @@ class Evaluator:
         self.model, self.cfg, self.reqs = model, cfg, reqs
         self.zsre = bool(reqs) and reqs[0].layout == "zsre"
         self.final_idx = seeded_subset(len(reqs), FLAGS.final_fraction, FLAGS.eval_seed)
-        self.gen_idx = (np.arange(0) if self.zsre else
-                        seeded_subset(len(reqs), FLAGS.generation_fraction, FLAGS.eval_seed + 1))
+        self.gen_idx = (
+            np.arange(0)
+            if self.zsre
+            else seeded_subset(len(reqs), FLAGS.generation_fraction, FLAGS.eval_seed + 1)
+        )
         pool = FLAGS.generation_pool or data_root() / "counterfact" / "cf_generation_prompts.json"
         self.pool = str(pool) if Path(pool).exists() else None
         self.tasks = [t.strip() for t in FLAGS.downstream if t.strip()]
         self.downstream_data = FLAGS.downstream_data or str(data_root() / "downstream")
         self.texts = None
         if FLAGS.activation_texts:
-            self.texts = wikitext_paragraphs(cfg.stats.text)[: FLAGS.activation_texts] \
-                if cfg.stats.text.endswith(".raw") else stats.read_corpus(cfg.stats.text,
-                                                                          FLAGS.activation_texts)
+            self.texts = (
+                wikitext_paragraphs(cfg.stats.text)[: FLAGS.activation_texts]
+                if cfg.stats.text.endswith(".raw")
+                else stats.read_corpus(cfg.stats.text, FLAGS.activation_texts)
+            )
 
     def settings(self) -> dict:
-        return {"final_fraction": FLAGS.final_fraction, "generation_fraction": FLAGS.generation_fraction,
-                "eval_seed": FLAGS.eval_seed, "generation_pool": self.pool,
-                "final_records": len(self.final_idx), "generation_records": len(self.gen_idx),
-                "downstream": {"tasks": self.tasks, "every": FLAGS.downstream_every,
-                               "num_tests": FLAGS.downstream_tests, "num_few_shots": FLAGS.downstream_shots,
-                               "quirks": FLAGS.downstream_quirks},
-                "activation_texts": FLAGS.activation_texts}
+        return {
+            "final_fraction": FLAGS.final_fraction,
+            "generation_fraction": FLAGS.generation_fraction,
+            "eval_seed": FLAGS.eval_seed,
+            "generation_pool": self.pool,
+            "final_records": len(self.final_idx),
+            "generation_records": len(self.gen_idx),
+            "downstream": {
+                "tasks": self.tasks,
+                "every": FLAGS.downstream_every,
+                "num_tests": FLAGS.downstream_tests,
+                "num_few_shots": FLAGS.downstream_shots,
+                "quirks": FLAGS.downstream_quirks,
+            },
+            "activation_texts": FLAGS.activation_texts,
+        }
 
     def baseline_mismatch(self, baseline: dict, source: str, case_ids: list) -> str | None:
-        """Why `baseline` (another run's) cannot stand for this run's, or None. It must be of the same
-        model and records with the same editing/GE/activation settings, and hold every downstream task
-        of this run with the same number of tests, shots and quirks (extra tasks are fine)."""
+        """Why `baseline` (another run's) cannot stand for this run's, or None. It must be of the
+        same model and records with the same editing/GE/activation settings, and hold every
+        downstream task of this run with the same number of tests, shots and quirks (extra tasks are
+        fine)."""
         if baseline.get("model") != source:
             return f"model {baseline.get('model')!r}, this run {source!r}"
         if baseline.get("case_ids") != case_ids:
@@ -282,10 +356,14 @@ class Evaluator:
         return metrics.counterfact_scores(model, reqs)
 
     def generation_entropy(self, model) -> dict | None:
-        if not len(self.gen_idx) or self.pool is None and not any(r.generation_prompts for r in self.reqs):
+        if not len(self.gen_idx) or (
+            self.pool is None and not any(r.generation_prompts for r in self.reqs)
+        ):
             return None
         reqs = [self.reqs[i] for i in self.gen_idx]
-        res = entropy.counterfact_generation_entropy(model, reqs, pool_path=self.pool, seed=FLAGS.eval_seed)
+        res = entropy.counterfact_generation_entropy(
+            model, reqs, pool_path=self.pool, seed=FLAGS.eval_seed
+        )
         return {k: v for k, v in res.items() if k not in ("per_record", "texts")}
 
     def downstream(self, model, tasks=None) -> dict:
@@ -293,8 +371,13 @@ class Evaluator:
         if not tasks:
             return {}
         return downstream.evaluate_downstream(
-            model, tasks, self.downstream_data, num_tests=FLAGS.downstream_tests,
-            num_few_shots=FLAGS.downstream_shots, quirks=FLAGS.downstream_quirks)
+            model,
+            tasks,
+            self.downstream_data,
+            num_tests=FLAGS.downstream_tests,
+            num_few_shots=FLAGS.downstream_shots,
+            quirks=FLAGS.downstream_quirks,
+        )
 
     def activation(self, model) -> dict | None:
         if not self.texts:
@@ -303,9 +386,12 @@ class Evaluator:
 
     def baseline(self) -> dict:
         t0 = time.perf_counter()
-        out = {"model": self.model.source, "case_ids": [r.case_id for r in self.reqs],
-               "settings": self.settings(),
-               "layer_norms": analysis.weight_norms(self.model.params, self.model.config).tolist()}
+        out = {
+            "model": self.model.source,
+            "case_ids": [r.case_id for r in self.reqs],
+            "settings": self.settings(),
+            "layer_norms": analysis.weight_norms(self.model.params, self.model.config).tolist(),
+        }
         if FLAGS.evaluate:
             res = self.editing(self.model, self.reqs)
             out["records"] = records_view(res) if not self.zsre else res["records"]
@@ -321,9 +407,12 @@ class Evaluator:
         return out
 
     def before(self, baseline: dict, idx) -> dict:
-        """Scores of the records `idx` on the unedited model, from the baseline's per-record results."""
+        """Scores of the records `idx` on the unedited model, from the baseline's per-record
+        results."""
         if self.zsre:
-            recs = {name: [baseline["records"][name][i] for i in idx] for name in baseline["records"]}
+            recs = {
+                name: [baseline["records"][name][i] for i in idx] for name in baseline["records"]
+            }
             return metrics.summarize_zsre(recs)
         return metrics.summarize_counterfact([baseline["records"][i] for i in idx])
 
@@ -331,8 +420,10 @@ class Evaluator:
 def layer_norm_line(params, original, cfg, model_cfg) -> dict:
     norms = analysis.weight_norms(params, model_cfg)
     dist = analysis.distance_from_original(params, original, model_cfg, cfg.layers)
-    return {"layer_norms": norms.tolist(),
-            "distance_from_original": {str(l): float(d) for l, d in zip(cfg.layers, dist)}}
+    return {
+        "layer_norms": norms.tolist(),
+        "distance_from_original": {str(l): float(d) for l, d in zip(cfg.layers, dist)},
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,11 +445,21 @@ def evaluate_point(workdir: Path, ev: Evaluator, model, batch: int, num_edits: i
     t0 = time.perf_counter()
     if ev.tasks:
         res = ev.downstream(model)
-        append_jsonl(workdir / "downstream.jsonl", {"num_edits": num_edits, "batch": batch, "tasks": res,
-                                                    "quirks": FLAGS.downstream_quirks,
-                                                    "time_s": time.perf_counter() - t0})
-        logging.info("downstream after %d edits: %s", num_edits,
-                     {t: round(r["f1"], 3) for t, r in res.items()})
+        append_jsonl(
+            workdir / "downstream.jsonl",
+            {
+                "num_edits": num_edits,
+                "batch": batch,
+                "tasks": res,
+                "quirks": FLAGS.downstream_quirks,
+                "time_s": time.perf_counter() - t0,
+            },
+        )
+        logging.info(
+            "downstream after %d edits: %s",
+            num_edits,
+            {t: round(r["f1"], 3) for t, r in res.items()},
+        )
     act = ev.activation(model)
     if act is not None:
         append_jsonl(workdir / "activation.jsonl", {"num_edits": num_edits, "batch": batch, **act})
@@ -368,8 +469,9 @@ def fill_snapshots(workdir: Path, ev: Evaluator, ed: editor.Editor) -> None:
     """Adds missing downstream tasks and activation points for every saved snapshot."""
     down = read_jsonl(workdir / "downstream.jsonl")
     acts = read_jsonl(workdir / "activation.jsonl")
-    points = [(0, None)] + [(int(p.stem.split("_")[1]), p)
-                            for p in sorted((workdir / "snapshots").glob("edits_*.npz"))]
+    points = [(0, None)] + [
+        (int(p.stem.split("_")[1]), p) for p in sorted((workdir / "snapshots").glob("edits_*.npz"))
+    ]
     for num_edits, path in points:
         batch = -(-num_edits // FLAGS.batch_size) - 1
         if path is None:
@@ -382,12 +484,19 @@ def fill_snapshots(workdir: Path, ev: Evaluator, ed: editor.Editor) -> None:
         if missing:
             res = ev.downstream(model, missing)
             if row is None:
-                row = {"num_edits": num_edits, "batch": batch, "tasks": {}, "quirks": FLAGS.downstream_quirks}
+                row = {
+                    "num_edits": num_edits,
+                    "batch": batch,
+                    "tasks": {},
+                    "quirks": FLAGS.downstream_quirks,
+                }
                 down.append(row)
             row["tasks"].update(res)
             logging.info("after %d edits: evaluated %s", num_edits, missing)
             base_path = workdir / "baseline.json"
-            if path is None and base_path.exists():  # the unedited point belongs to the baseline too
+            if (
+                path is None and base_path.exists()
+            ):  # the unedited point belongs to the baseline too
                 baseline = json.loads(base_path.read_text())
                 baseline.setdefault("downstream", {}).update(res)
                 write_json(base_path, baseline)
@@ -422,10 +531,18 @@ def main(argv):
     cfg.templates = tuple(tuple(g) for g in tmpl)
     cfg.validate(model.config.num_layers)
 
-    run = {"label": FLAGS.label or default_label(cfg), "config": config_lib.to_dict(cfg),
-           "model": model.source, "num_layers": model.config.num_layers, "num_requests": len(reqs),
-           "data": FLAGS.requests or FLAGS.data_path, "start": FLAGS.start, "batch_size": FLAGS.batch_size,
-           "case_ids": [r.case_id for r in reqs], "devices": [str(d) for d in jax.devices()]}
+    run = {
+        "label": FLAGS.label or default_label(cfg),
+        "config": config_lib.to_dict(cfg),
+        "model": model.source,
+        "num_layers": model.config.num_layers,
+        "num_requests": len(reqs),
+        "data": FLAGS.requests or FLAGS.data_path,
+        "start": FLAGS.start,
+        "batch_size": FLAGS.batch_size,
+        "case_ids": [r.case_id for r in reqs],
+        "devices": [str(d) for d in jax.devices()],
+    }
     if FLAGS.overwrite:
         for name in RESULT_FILES:
             (workdir / name).unlink(missing_ok=True)
@@ -435,8 +552,12 @@ def main(argv):
     stats_dir = FLAGS.stats_dir or str(hub.cache_dir() / "stats")
     t0 = time.perf_counter()
     layer_stats = stats.layer_stats(
-        model, cfg.layers, cfg.stats.text, num_samples=cfg.stats.num_samples,
-        max_length=cfg.stats.max_length, cache_dir=stats_dir,
+        model,
+        cfg.layers,
+        cfg.stats.text,
+        num_samples=cfg.stats.num_samples,
+        max_length=cfg.stats.max_length,
+        cache_dir=stats_dir,
         null_threshold=cfg.solve.nullspace_threshold if cfg.method == "AlphaEdit" else None,
         memit_dir=FLAGS.stats_npz,
     )
@@ -459,27 +580,39 @@ def main(argv):
         baseline = json.loads(Path(FLAGS.baseline).read_text())
         problem = ev.baseline_mismatch(baseline, model.source, run["case_ids"])
         if problem:
-            raise app.UsageError(f"--baseline={FLAGS.baseline} does not fit this run ({problem}): drop the "
-                                 "flag to compute this run's own")
-        baseline = {**baseline, "settings": ev.settings(),
-                    "downstream": {t: baseline["downstream"][t] for t in ev.tasks}}
+            raise app.UsageError(
+                f"--baseline={FLAGS.baseline} does not fit this run ({problem}): drop the "
+                "flag to compute this run's own"
+            )
+        baseline = {
+            **baseline,
+            "settings": ev.settings(),
+            "downstream": {t: baseline["downstream"][t] for t in ev.tasks},
+        }
         write_json(base_path, baseline)
     else:
         logging.info("computing the unedited baseline")
         baseline = ev.baseline()
         write_json(base_path, baseline)
     # The curves start at the baseline: row 0 of downstream.jsonl holds this run's tasks (a baseline
-    # computed with more tasks is restricted to them), activation.jsonl starts with the unedited shares.
+    # computed with more tasks is restricted to them), activation.jsonl starts with the unedited
+    # shares.
     if ev.tasks and all(t in baseline.get("downstream", {}) for t in ev.tasks):
         rows = [r for r in read_jsonl(workdir / "downstream.jsonl") if r["batch"] != -1]
-        first = {"num_edits": 0, "batch": -1, "quirks": FLAGS.downstream_quirks,
-                 "tasks": {t: baseline["downstream"][t] for t in ev.tasks}}
+        first = {
+            "num_edits": 0,
+            "batch": -1,
+            "quirks": FLAGS.downstream_quirks,
+            "tasks": {t: baseline["downstream"][t] for t in ev.tasks},
+        }
         write_jsonl(workdir / "downstream.jsonl", [first, *rows])
     if "activation" in baseline:
         rows = read_jsonl(workdir / "activation.jsonl")
         if not any(r["batch"] == -1 for r in rows):
-            write_jsonl(workdir / "activation.jsonl",
-                        [{"num_edits": 0, "batch": -1, **baseline["activation"]}, *rows])
+            write_jsonl(
+                workdir / "activation.jsonl",
+                [{"num_edits": 0, "batch": -1, **baseline["activation"]}, *rows],
+            )
 
     # 2. Resume from the checkpoint: keep what belongs to finished batches, redo the rest.
     state = ed.init_state()
@@ -502,46 +635,70 @@ def main(argv):
     original = model.params
     for i in range(done, len(batches)):
         if FLAGS.max_batches is not None and i - done >= FLAGS.max_batches:
-            logging.info("stopping after %d batches (--max_batches); rerun to resume", FLAGS.max_batches)
+            logging.info(
+                "stopping after %d batches (--max_batches); rerun to resume", FLAGS.max_batches
+            )
             print(json.dumps({"stopped_after_batch": i, "num_edits": state.num_edits}))
             return
         batch = batches[i]
         state, rep = ed.apply(state, batch)
-        line = {"batch": i, "num_edits": state.num_edits, **rep.summary(),
-                "time_per_edit_s": (rep.search_time + rep.update_time) / len(batch),
-                **layer_norm_line(state.params, original, cfg, model.config)}
+        line = {
+            "batch": i,
+            "num_edits": state.num_edits,
+            **rep.summary(),
+            "time_per_edit_s": (rep.search_time + rep.update_time) / len(batch),
+            **layer_norm_line(state.params, original, cfg, model.config),
+        }
         edited = ed.edited_model(state)
         if FLAGS.evaluate and FLAGS.eval_batches:
             idx = range(i * FLAGS.batch_size, i * FLAGS.batch_size + len(batch))
             line["eval"] = ev.editing(edited, batch)["scores"]
             line["eval_before"] = ev.before(baseline, idx)
         append_jsonl(workdir / "batches.jsonl", line)
-        logging.info("batch %d: %d edits, search %.1f s, update %.1f s, mean steps %.1f, eval %s",
-                     i, state.num_edits, rep.search_time, rep.update_time, float(np.mean(rep.stop_steps)),
-                     {k: round(v, 1) for k, v in line.get("eval", {}).items() if k in ("ES", "PS", "NS")})
+        logging.info(
+            "batch %d: %d edits, search %.1f s, update %.1f s, mean steps %.1f, eval %s",
+            i,
+            state.num_edits,
+            rep.search_time,
+            rep.update_time,
+            float(np.mean(rep.stop_steps)),
+            {k: round(v, 1) for k, v in line.get("eval", {}).items() if k in ("ES", "PS", "NS")},
+        )
         if (every and (i + 1) % every == 0) or i == len(batches) - 1:
             save_snapshot(workdir, ed, state)
             evaluate_point(workdir, ev, edited, i, state.num_edits)
         if FLAGS.dump_dir:
             dump_batch(Path(FLAGS.dump_dir), i, rep, cfg.layers)
-        np.savez(ckpt.with_suffix(".tmp.npz"), batches_done=np.asarray(i + 1), **ed.state_arrays(state))
+        np.savez(
+            ckpt.with_suffix(".tmp.npz"), batches_done=np.asarray(i + 1), **ed.state_arrays(state)
+        )
         os.replace(ckpt.with_suffix(".tmp.npz"), ckpt)
 
     # 3. Final editing metrics against the same baseline.
     edited = ed.edited_model(state)
     lines = read_jsonl(workdir / "batches.jsonl")
     steady = lines[1:] or lines
-    final = {"num_edits": state.num_edits, "label": run["label"],
-             "time_per_edit_s": float(np.mean([l["time_per_edit_s"] for l in steady])),
-             "search_time_per_edit_s": float(np.mean([l["search_time_s"] / len(l["case_ids"]) for l in steady])),
-             "update_time_per_edit_s": float(np.mean([l["update_time_s"] / len(l["case_ids"]) for l in steady])),
-             "first_batch_time_per_edit_s": lines[0]["time_per_edit_s"],
-             "mean_steps": float(np.mean([s for l in lines for s in l["stop_steps"]])),
-             "mean_target_prob": float(np.mean([p for l in lines for p in l["target_prob"]]))}
+    final = {
+        "num_edits": state.num_edits,
+        "label": run["label"],
+        "time_per_edit_s": float(np.mean([l["time_per_edit_s"] for l in steady])),
+        "search_time_per_edit_s": float(
+            np.mean([l["search_time_s"] / len(l["case_ids"]) for l in steady])
+        ),
+        "update_time_per_edit_s": float(
+            np.mean([l["update_time_s"] / len(l["case_ids"]) for l in steady])
+        ),
+        "first_batch_time_per_edit_s": lines[0]["time_per_edit_s"],
+        "mean_steps": float(np.mean([s for l in lines for s in l["stop_steps"]])),
+        "mean_target_prob": float(np.mean([p for l in lines for p in l["target_prob"]])),
+    }
     if FLAGS.evaluate:
         idx = ev.final_idx
-        final["evaluated"] = {"fraction": FLAGS.final_fraction, "seed": FLAGS.eval_seed,
-                              "num_records": len(idx)}
+        final["evaluated"] = {
+            "fraction": FLAGS.final_fraction,
+            "seed": FLAGS.eval_seed,
+            "num_records": len(idx),
+        }
         final["before"] = ev.before(baseline, idx)
         final["after"] = ev.editing(edited, [reqs[i] for i in idx])["scores"]
         ge = ev.generation_entropy(edited)

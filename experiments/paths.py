@@ -1,7 +1,7 @@
 """Where the experiment binaries find data when a flag does not say: the one place that knows.
 
-The library itself never guesses a data folder; every `jaxedit` function takes paths from its caller.
-The binaries (and only they) default to:
+The library itself never guesses a data folder; every `jaxedit` function takes paths from its
+caller. The binaries (and only they) default to:
 
 * `data_dir()`: `$JAXEDIT_DATA`, else `../shared/data` beside the checkout (CounterFact, zsRE,
   WikiText-2, the downstream sets, MMLU);

@@ -4,8 +4,10 @@ Public API:
   load(source, dtype=None) -> LanguageModel   preset name, HF directory, .gguf file or hub id
   save_hf(model, out_dir)                     export back to a Hugging Face directory
   LanguageModel.logits / .generate            scoring and greedy continuation
-  Editor(model, cfg, stats, templates)        sequential editing: init_state(), apply(), edited_model()
-  EditConfig                                  the editing configuration (method, layers, search, solve)
+  Editor(model, cfg, stats, templates)        sequential editing: init_state(), apply(),
+                                              edited_model()
+  EditConfig                                  the editing configuration (method, layers, search,
+                                              solve)
 """
 
 from jaxedit.config import EditConfig

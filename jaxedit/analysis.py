@@ -8,8 +8,8 @@ Weights. The edited matrix of layer l is the MLP output projection W_l (`down_pr
   numel(W_l) = d_ff·d_model, the reference's `distance_from_original` record (reference §8, Q21).
 
 Activations. The paper's code for its activation-norm figure does not exist; this is jaxedit's
-stated definition (the reconstruction suggested in reference §8). Both families are pre-norm residual
-networks,
+stated definition (the reconstruction suggested in reference §8). Both families are pre-norm
+residual networks,
 
     h_{-1} = embed(x)          Llama: token embeddings; GPT-2: token + position embeddings
     h_l    = h_{l-1} + a_l + m_l,   a_l = attn_l(norm(h_{l-1})),  m_l = mlp_l(norm(h_{l-1} + a_l))
@@ -47,8 +47,8 @@ import numpy as np
 from flax import nnx
 
 from jaxedit.lm import LanguageModel
-from jaxedit.shapes import bucket
 from jaxedit.models import ModelConfig, Probe, rewrite_path
+from jaxedit.shapes import bucket
 
 Array = jax.Array
 
@@ -71,7 +71,9 @@ def _layers(config: ModelConfig, layers) -> tuple[int, ...]:
     layers = tuple(range(config.num_layers)) if layers is None else tuple(int(l) for l in layers)
     bad = [l for l in layers if not 0 <= l < config.num_layers]
     if bad or not layers:
-        raise ValueError(f"layers {list(layers)}: need at least one, all in [0, {config.num_layers})")
+        raise ValueError(
+            f"layers {list(layers)}: need at least one, all in [0, {config.num_layers})"
+        )
     return layers
 
 
@@ -86,8 +88,9 @@ def _frobenius(kernels: tuple[Array, ...]) -> Array:
 
 @jax.jit
 def _frobenius_diff(now: tuple[Array, ...], orig: tuple[Array, ...]) -> Array:
-    return jnp.stack([_fro(a.astype(jnp.float32) - b.astype(jnp.float32))
-                      for a, b in zip(now, orig)])
+    return jnp.stack(
+        [_fro(a.astype(jnp.float32) - b.astype(jnp.float32)) for a, b in zip(now, orig)]
+    )
 
 
 def weight_norms(model_or_params, config: ModelConfig | None = None, layers=None) -> np.ndarray:
@@ -182,8 +185,12 @@ def sublayer_contributions(model: LanguageModel, ids, mask=None) -> dict[str, np
     ids = jnp.asarray(ids, jnp.int32)
     mask = jnp.ones(ids.shape, jnp.int32) if mask is None else jnp.asarray(mask, jnp.int32)
     embed, attn, mlp, final = _contribution_arrays(model.graphdef, model.params, ids, mask)
-    return {"embed": np.asarray(embed), "attn": np.asarray(attn), "mlp": np.asarray(mlp),
-            "final": np.asarray(final)}
+    return {
+        "embed": np.asarray(embed),
+        "attn": np.asarray(attn),
+        "mlp": np.asarray(mlp),
+        "final": np.asarray(final),
+    }
 
 
 _SUMS = ("mlp_share", "attn_share", "mlp_norm", "attn_norm", "mlp_to_final")
@@ -208,8 +215,9 @@ def _norm_sums(graphdef, params, ids, mask, weight):
 
     per_token = (ratio(m, total), ratio(a, total), m, a, ratio(m, final_norm))
     sums = jnp.stack([total_over_tokens(q) for q in per_token])
-    extra = jnp.stack([total_over_tokens(jnp.linalg.norm(embed, axis=-1)),
-                       total_over_tokens(final_norm)])
+    extra = jnp.stack(
+        [total_over_tokens(jnp.linalg.norm(embed, axis=-1)), total_over_tokens(final_norm)]
+    )
     return sums, extra
 
 
@@ -229,14 +237,20 @@ class NormProportion:
 
     def as_dict(self) -> dict:
         """JSON-ready: lists of floats."""
-        out = {k: [float(x) for x in getattr(self, k)] for k in _SUMS}
-        out.update(embed_norm=self.embed_norm, final_norm=self.final_norm,
-                   num_tokens=self.num_tokens, num_texts=self.num_texts)
+        out: dict[str, list[float] | float | int] = {
+            k: [float(x) for x in getattr(self, k)] for k in _SUMS
+        }
+        out.update(
+            embed_norm=self.embed_norm,
+            final_norm=self.final_norm,
+            num_tokens=self.num_tokens,
+            num_texts=self.num_texts,
+        )
         return out
 
 
 def _tokenize(model: LanguageModel, texts, max_length: int) -> list[list[int]]:
-    seqs = []
+    seqs: list[list[int]] = []
     for text in texts:
         if isinstance(text, str):
             if model.tokenizer is None:
@@ -293,17 +307,29 @@ def activation_norm_proportion(
         weight = mask.copy()
         if skip_first_token:
             weight[:, 0] = 0
-        s, e = _norm_sums(model.graphdef, model.params, jnp.asarray(ids), jnp.asarray(mask),
-                          jnp.asarray(weight))
+        s, e = _norm_sums(
+            model.graphdef, model.params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(weight)
+        )
         sums += np.asarray(s, np.float64)
         extra += np.asarray(e, np.float64)
         count += int(weight.sum())
     if count == 0:
         raise ValueError("no tokens to average over")
     means = sums / count
-    return NormProportion(*(means[i].astype(np.float32) for i in range(len(_SUMS))),
-                          embed_norm=float(extra[0] / count), final_norm=float(extra[1] / count),
-                          num_tokens=count, num_texts=len(seqs))
+    mlp_share, attn_share, mlp_norm, attn_norm, mlp_to_final = (  # the rows of `_SUMS`
+        means[i].astype(np.float32) for i in range(len(_SUMS))
+    )
+    return NormProportion(
+        mlp_share=mlp_share,
+        attn_share=attn_share,
+        mlp_norm=mlp_norm,
+        attn_norm=attn_norm,
+        mlp_to_final=mlp_to_final,
+        embed_norm=float(extra[0] / count),
+        final_norm=float(extra[1] / count),
+        num_tokens=count,
+        num_texts=len(seqs),
+    )
 
 
 __all__ = [

@@ -1,15 +1,17 @@
-"""Editing configuration: typed dataclasses, Python config files, and the reference hparams JSON import.
+"""Editing configuration: typed dataclasses, Python config files, and the reference hparams JSON
+import.
 
-`SearchConfig` crosses the `jax.jit` boundary of the search: it is a dataclass registered as a pytree, so
-its float fields are traced (a sweep over the learning rate does not recompile) and the structural ones
-(`num_steps`, `mpes_patience`, rule choices) are static. The solvers take `SolveConfig`'s floats as
-traced arguments one by one (`jaxedit.solve`), so a sweep over λ does not recompile either. The
-dataclasses stay mutable so that a binary can override single fields from its command line.
+`SearchConfig` crosses the `jax.jit` boundary of the search: it is a dataclass registered as a
+pytree, so its float fields are traced (a sweep over the learning rate does not recompile) and the
+structural ones (`num_steps`, `mpes_patience`, rule choices) are static. The solvers take
+`SolveConfig`'s floats as traced arguments one by one (`jaxedit.solve`), so a sweep over λ does not
+recompile either. The dataclasses stay mutable so that a binary can override single fields from its
+command line.
 
 Reference hyperparameter names (MEMIT/AlphaEdit/EMMET/ENCORE hparams JSON) map to ours through
-`REFERENCE_NAMES`; `from_reference_hparams` imports those files unchanged. The reference's sign-overloaded
-`prob_cutoff` becomes two fields: `prob_cutoff < 0` → `mpes_patience = -prob_cutoff` (MPES),
-`prob_cutoff > 0` → `stop_prob = prob_cutoff`.
+`REFERENCE_NAMES`; `from_reference_hparams` imports those files unchanged. The reference's
+sign-overloaded `prob_cutoff` becomes two fields: `prob_cutoff < 0` → `mpes_patience = -prob_cutoff`
+(MPES), `prob_cutoff > 0` → `stop_prob = prob_cutoff`.
 """
 
 from __future__ import annotations
@@ -45,12 +47,13 @@ class SearchConfig:
       loss_threshold: stop when the total loss falls below this (the reference's hard-coded 5e-2).
       stop_prob: > 0: stop when the mean target probability over the rewriting prompts exceeds it
         (`prob_cutoff > 0`).
-      num_steps: iterations (`v_num_grad_steps`); the last one only evaluates, so at most num_steps - 1
-        Adam steps are taken (quirk Q4).
-      mpes_patience: > 0 enables MPES: stop at the k-th iteration (cumulative, not consecutive) at which
-        the target is the argmax at every target position of the MPES prompts (`prob_cutoff = -k`).
-      mpes_prompts: "context" = rewriting prompts 1..n (the reference drops the bare prompt 0, quirk Q2);
-        "all" = every rewriting prompt (clean).
+      num_steps: iterations (`v_num_grad_steps`); the last one only evaluates, so at most
+        num_steps - 1 Adam steps are taken (quirk Q4).
+      mpes_patience: > 0 enables MPES: stop at the k-th iteration (cumulative, not consecutive) at
+        which the target is the argmax at every target position of the MPES prompts
+        (`prob_cutoff = -k`).
+      mpes_prompts: "context" = rewriting prompts 1..n (the reference drops the bare prompt 0, quirk
+        Q2); "all" = every rewriting prompt (clean).
       weight_decay_form: "norm" = ‖δ‖/‖h₀‖² (the reference, quirk Q1); "squared" = ‖δ‖²/‖h₀‖².
     """
 
@@ -73,7 +76,9 @@ class SearchConfig:
         if self.mpes_prompts not in ("context", "all"):
             raise ValueError(f"search.mpes_prompts={self.mpes_prompts!r}: 'context' or 'all'")
         if self.weight_decay_form not in ("norm", "squared"):
-            raise ValueError(f"search.weight_decay_form={self.weight_decay_form!r}: 'norm' or 'squared'")
+            raise ValueError(
+                f"search.weight_decay_form={self.weight_decay_form!r}: 'norm' or 'squared'"
+            )
         if not self.lr > 0:
             raise ValueError(f"search.lr={self.lr}: must be > 0")
 
@@ -84,14 +89,15 @@ class SolveConfig:
 
     Attributes:
       cov_weight: λ_p on C₀ (`mom2_update_weight`); unused by AlphaEdit.
-      norm_lambda: λ_n, the Frobenius-norm constraint of ENCORE (`update_norm_lambda`); combines with
-        MEMIT/MEMIT_seq/EMMET.
-      add_prev_edits: add Σ K_p K_pᵀ of earlier batches (sequential MEMIT / ENCORE, `add_prev_edits`).
+      norm_lambda: λ_n, the Frobenius-norm constraint of ENCORE (`update_norm_lambda`); combines
+        with MEMIT/MEMIT_seq/EMMET.
+      add_prev_edits: add Σ K_p K_pᵀ of earlier batches (sequential MEMIT / ENCORE,
+        `add_prev_edits`).
       nullspace_threshold: AlphaEdit's absolute singular-value threshold on C₀.
       l2: AlphaEdit's ridge λ (`L2`).
       emmet_lambda: EMMET's ridge μ on D (`emmet_lambda`).
-      float64: solve in float64 (CPU/GPU; the reference's MEMIT/ENCORE/EMMET precision). Default float32
-        at highest matmul precision, which TPUs support.
+      float64: solve in float64 (CPU/GPU; the reference's MEMIT/ENCORE/EMMET precision). Default
+        float32 at highest matmul precision, which TPUs support.
       solver: "cholesky" (SPD systems) or "lu" (the reference's torch.linalg.solve).
     """
 
@@ -110,8 +116,9 @@ class StatsConfig:
     """Key second-moment statistics C₀ (reference §4.1).
 
     Attributes:
-      text: a `.txt` (documents separated by blank lines), `.jsonl` ({"text": ...}) or a folder of them;
-        empty = the caller's default corpus (`experiments/edit.py`: WikiText-2 raw test paragraphs).
+      text: a `.txt` (documents separated by blank lines), `.jsonl` ({"text": ...}) or a folder of
+        them; empty = the caller's default corpus (`experiments/edit.py`: WikiText-2 raw test
+        paragraphs).
       num_samples: the first N documents (`mom2_n_samples`).
       max_length: tokens per document (truncation); 0 = the model's context length.
 
@@ -129,17 +136,18 @@ class EditConfig:
     """Everything one editing run needs besides the model and the data.
 
     Attributes:
-      method: one of METHODS. "ENCORE" = MEMIT_seq + MPES + λ_n (the switches in `search`/`solve` say
-        what runs; the method names the update rule: MEMIT/MEMIT_seq/ENCORE share the MEMIT form).
+      method: one of METHODS. "ENCORE" = MEMIT_seq + MPES + λ_n (the switches in `search`/`solve`
+        say what runs; the method names the update rule: MEMIT/MEMIT_seq/ENCORE share the MEMIT
+        form).
       layers: edited layers, ascending; the target layer is the last one.
       templates: fixed context templates in the reference's nested form ((("{}",), ("A. {}", ...)));
         empty = generate them from the model with `template_seed` (the reference's procedure).
       template_seed: PRNG seed for template generation.
       model: default model source for binaries.
       matmul_precision: precision of the editor's model passes (target search, keys), one of
-        `jaxedit.numerics.PRECISIONS`: "highest" (default, exact float32, what the golden tests check)
-        or "default"/"high" (faster on TPU/GPU, lower-precision passes). The model's own
-        `matmul_precision` governs everything else; the solves always run at "highest".
+        `jaxedit.numerics.PRECISIONS`: "highest" (default, exact float32, what the golden
+        tests check) or "default"/"high" (faster on TPU/GPU, lower-precision passes). The model's
+        own `matmul_precision` governs everything else; the solves always run at "highest".
     """
 
     method: str = "ENCORE"
@@ -161,12 +169,15 @@ class EditConfig:
             raise ValueError(f"method={self.method!r}: expected one of {METHODS}")
         layers = tuple(self.layers)
         if not layers or list(layers) != sorted(set(layers)):
-            raise ValueError(f"layers={layers}: must be a non-empty ascending list of distinct ints")
-        if num_layers is not None and (layers[0] < 0 or layers[-1] >= num_layers - 0):
+            raise ValueError(
+                f"layers={layers}: must be a non-empty ascending list of distinct ints"
+            )
+        if num_layers is not None and (layers[0] < 0 or layers[-1] >= num_layers):
             raise ValueError(f"layers={layers}: the model has layers 0..{num_layers - 1}")
         if num_layers is not None and layers[-1] >= num_layers - 1:
             raise ValueError(
-                f"layers={layers}: the target layer must be before the last block ({num_layers - 1})"
+                f"layers={layers}: the target layer must be before the last block "
+                f"({num_layers - 1})"
             )
         self.search.validate()
         check_precision(self.matmul_precision, "matmul_precision")
@@ -177,10 +188,16 @@ class EditConfig:
         if self.templates and tuple(self.templates[0]) != ("{}",):
             raise ValueError("templates: the first group must be ('{}',) (the bare prompt)")
         n_templates = sum(len(g) for g in self.templates)
-        if (self.templates and n_templates == 1 and self.search.mpes_patience > 0
-                and self.search.mpes_prompts == "context"):
-            raise ValueError("search.mpes_prompts='context' checks the context templates, and there are "
-                             "none: add context templates or set mpes_prompts='all'")
+        if (
+            self.templates
+            and n_templates == 1
+            and self.search.mpes_patience > 0
+            and self.search.mpes_prompts == "context"
+        ):
+            raise ValueError(
+                "search.mpes_prompts='context' checks the context templates, and there are "
+                "none: add context templates or set mpes_prompts='all'"
+            )
         if self.solve.solver not in ("cholesky", "lu"):
             raise ValueError(f"solve.solver={self.solve.solver!r}: 'cholesky' or 'lu'")
 
@@ -203,20 +220,50 @@ REFERENCE_NAMES = {
 }
 # Reference fields that carry model internals or are unused (reference Q22); accepted and ignored.
 IGNORED_REFERENCE_NAMES = {
-    "layer_selection", "fact_token", "v_loss_layer", "rewrite_module_tmp", "layer_module_tmp",
-    "mlp_module_tmp", "attn_module_tmp", "ln_f_module", "lm_head_module", "mom2_dataset",
-    "mom2_dtype", "mom2_adjustment", "calculate_objective_value", "calculate_norm", "calculate_norms",
-    "norm_control", "dynamic_multiplier", "random_vector_preservation", "use_gd", "grad_desc_lr",
-    "grad_desc_steps", "gd_lambda", "spectral_norm", "condition_num", "algo_name", "dataset",
-    "sequential", "model_name", "stats_dir", "alg_name",
+    "layer_selection",
+    "fact_token",
+    "v_loss_layer",
+    "rewrite_module_tmp",
+    "layer_module_tmp",
+    "mlp_module_tmp",
+    "attn_module_tmp",
+    "ln_f_module",
+    "lm_head_module",
+    "mom2_dataset",
+    "mom2_dtype",
+    "mom2_adjustment",
+    "calculate_objective_value",
+    "calculate_norm",
+    "calculate_norms",
+    "norm_control",
+    "dynamic_multiplier",
+    "random_vector_preservation",
+    "use_gd",
+    "grad_desc_lr",
+    "grad_desc_steps",
+    "gd_lambda",
+    "spectral_norm",
+    "condition_num",
+    "algo_name",
+    "dataset",
+    "sequential",
+    "model_name",
+    "stats_dir",
+    "alg_name",
 }
 
 
 def from_reference_hparams(
-    path_or_dict: str | os.PathLike | dict, base: EditConfig | None = None, method: str | None = None
+    path_or_dict: str | os.PathLike | dict,
+    base: EditConfig | None = None,
+    method: str | None = None,
 ) -> EditConfig:
     """Imports an authors' hparams JSON (MEMIT/AlphaEdit/EMMET/ENCORE) onto `base`."""
-    hp = path_or_dict if isinstance(path_or_dict, dict) else json.loads(Path(path_or_dict).read_text())
+    hp = (
+        path_or_dict
+        if isinstance(path_or_dict, dict)
+        else json.loads(Path(path_or_dict).read_text())
+    )
     cfg = base or EditConfig()
     cfg = dataclasses.replace(
         cfg,

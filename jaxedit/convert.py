@@ -11,12 +11,12 @@ Conversion rules (the only place in jaxedit where tensors are transposed or rena
 | GPT-2 `*.c_attn/c_proj/c_fc.weight` (`Conv1D`, already `[in, out]`) | `...kernel` | identity |
 | GPT-2 `*.bias`, `wte/wpe.weight`, `ln_*.weight` | `bias`, `embedding`, `scale` | identity |
 
-Llama keeps HF's rotate-half q/k layout (no interleaving permutation, no folded 1/sqrt(d)), so weights
-export back 1:1 and activations match the PyTorch reference. GPT-2 keys may come with or without the
-`transformer.` prefix; the non-parameter buffers `h.N.attn.bias` / `h.N.attn.masked_bias` are dropped and a
-saved `lm_head.weight` of a tied model is ignored (it is `wte`). Export writes the canonical
-`transformer.`-prefixed names, as `save_pretrained` does. Every transform is its own inverse's
-transpose, so HF -> jaxedit -> HF is bit-exact in every dtype.
+Llama keeps HF's rotate-half q/k layout (no interleaving permutation, no folded 1/sqrt(d)), so
+weights export back 1:1 and activations match the PyTorch reference. GPT-2 keys may come with or
+without the `transformer.` prefix; the non-parameter buffers `h.N.attn.bias` /
+`h.N.attn.masked_bias` are dropped and a saved `lm_head.weight` of a tied model is ignored (it is
+`wte`). Export writes the canonical `transformer.`-prefixed names, as `save_pretrained` does. Every
+transform is its own inverse's transpose, so HF -> jaxedit -> HF is bit-exact in every dtype.
 """
 
 from __future__ import annotations
@@ -43,10 +43,21 @@ _I = "identity"
 # listed words; both sides use the same placeholders in the same order, so each rule inverts itself.
 _LLAMA_RULES: list[tuple[str, str, str]] = [
     ("model.embed_tokens.weight", "model/embed_tokens/embedding", _I),
-    ("model.layers.{n}.self_attn.{q|k|v|o}_proj.weight", "model/layers/{n}/self_attn/{q|k|v|o}_proj/kernel", _T),
-    ("model.layers.{n}.mlp.{gate|up|down}_proj.weight", "model/layers/{n}/mlp/{gate|up|down}_proj/kernel", _T),
-    ("model.layers.{n}.{input_layernorm|post_attention_layernorm}.weight",
-     "model/layers/{n}/{input_layernorm|post_attention_layernorm}/scale", _I),
+    (
+        "model.layers.{n}.self_attn.{q|k|v|o}_proj.weight",
+        "model/layers/{n}/self_attn/{q|k|v|o}_proj/kernel",
+        _T,
+    ),
+    (
+        "model.layers.{n}.mlp.{gate|up|down}_proj.weight",
+        "model/layers/{n}/mlp/{gate|up|down}_proj/kernel",
+        _T,
+    ),
+    (
+        "model.layers.{n}.{input_layernorm|post_attention_layernorm}.weight",
+        "model/layers/{n}/{input_layernorm|post_attention_layernorm}/scale",
+        _I,
+    ),
     ("model.norm.weight", "model/norm/scale", _I),
     ("lm_head.weight", "lm_head/kernel", _T),
 ]
@@ -56,9 +67,21 @@ _GPT2_RULES: list[tuple[str, str, str]] = [
     ("transformer.{wte|wpe}.weight", "transformer/{wte|wpe}/embedding", _I),
     ("transformer.h.{n}.{ln_1|ln_2}.weight", "transformer/h/{n}/{ln_1|ln_2}/scale", _I),
     ("transformer.h.{n}.{ln_1|ln_2}.bias", "transformer/h/{n}/{ln_1|ln_2}/bias", _I),
-    ("transformer.h.{n}.attn.{c_attn|c_proj}.weight", "transformer/h/{n}/attn/{c_attn|c_proj}/kernel", _I),
-    ("transformer.h.{n}.attn.{c_attn|c_proj}.bias", "transformer/h/{n}/attn/{c_attn|c_proj}/bias", _I),
-    ("transformer.h.{n}.mlp.{c_fc|c_proj}.weight", "transformer/h/{n}/mlp/{c_fc|c_proj}/kernel", _I),
+    (
+        "transformer.h.{n}.attn.{c_attn|c_proj}.weight",
+        "transformer/h/{n}/attn/{c_attn|c_proj}/kernel",
+        _I,
+    ),
+    (
+        "transformer.h.{n}.attn.{c_attn|c_proj}.bias",
+        "transformer/h/{n}/attn/{c_attn|c_proj}/bias",
+        _I,
+    ),
+    (
+        "transformer.h.{n}.mlp.{c_fc|c_proj}.weight",
+        "transformer/h/{n}/mlp/{c_fc|c_proj}/kernel",
+        _I,
+    ),
     ("transformer.h.{n}.mlp.{c_fc|c_proj}.bias", "transformer/h/{n}/mlp/{c_fc|c_proj}/bias", _I),
     ("transformer.ln_f.weight", "transformer/ln_f/scale", _I),
     ("transformer.ln_f.bias", "transformer/ln_f/bias", _I),
@@ -72,7 +95,7 @@ def _template_regex(template: str) -> re.Pattern:
     """`model.layers.{n}.mlp.{gate|up}_proj` -> a regex with one capture group per placeholder."""
     parts, last = [], 0
     for m in _PLACEHOLDER.finditer(template):
-        parts.append(re.escape(template[last:m.start()]))
+        parts.append(re.escape(template[last : m.start()]))
         parts.append(r"(\d+)" if m.group(1) == "n" else f"({m.group(1)})")
         last = m.end()
     parts.append(re.escape(template[last:]))
@@ -121,7 +144,10 @@ def _path_key(path: str) -> tuple:
 def _flat_abstract(config: ModelConfig) -> dict[tuple, jax.ShapeDtypeStruct]:
     _, state = nnx.split(build_abstract(config))
     flat = nnx.to_flat_state(state)
-    return {tuple(path): var.get_value() if hasattr(var, "get_value") else var.value for path, var in flat}
+    return {
+        tuple(path): var.get_value() if hasattr(var, "get_value") else var.value
+        for path, var in flat
+    }
 
 
 def hf_to_flat(
@@ -154,7 +180,9 @@ def hf_to_flat(
             continue
         value = _apply(tf, np.asarray(value))
         if value.shape != tuple(expected[path].shape):
-            errors.append(f"{raw_name}: shape {value.shape} (after {tf}) != expected {expected[path].shape}")
+            errors.append(
+                f"{raw_name}: shape {value.shape} (after {tf}) != expected {expected[path].shape}"
+            )
             continue
         out[path] = value if dtype is None else value.astype(dtype)
     missing = sorted(set(expected) - set(out))
@@ -195,12 +223,14 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         found = sorted(p.name for p in path.glob("*"))
         raise FileNotFoundError(
             f"{path}: no model.safetensors or model.safetensors.index.json (found {found[:10]}); "
-            "pytorch_model.bin checkpoints need torch: convert them with save_pretrained(safe_serialization=True)"
+            "pytorch_model.bin checkpoints need torch: convert them with "
+            "save_pretrained(safe_serialization=True)"
         )
     tensors = {}
     for f in files:
         with safe_open(f, framework="numpy") as reader:
-            for key in reader.keys():
+            names = reader.keys()  # a list: safe_open is not a mapping (it has no __iter__)
+            for key in names:
                 tensors[key] = reader.get_tensor(key)
     return tensors
 
@@ -224,8 +254,11 @@ def write_safetensors(
     names = list(tensors)
     total = sum(np.asarray(tensors[n]).nbytes for n in names)
     if max_shard_bytes is None or total <= max_shard_bytes:
-        save_file({n: np.ascontiguousarray(tensors[n]) for n in names}, out_dir / "model.safetensors",
-                  metadata={"format": "pt"})
+        save_file(
+            {n: np.ascontiguousarray(tensors[n]) for n in names},
+            out_dir / "model.safetensors",
+            metadata={"format": "pt"},
+        )
         return [out_dir / "model.safetensors"]
     shards: list[list[str]] = [[]]
     size = 0
@@ -239,9 +272,12 @@ def write_safetensors(
     files, weight_map = [], {}
     for i, shard in enumerate(shards):
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file({n: np.ascontiguousarray(tensors[n]) for n in shard}, out_dir / fname,
-                  metadata={"format": "pt"})
-        weight_map.update({n: fname for n in shard})
+        save_file(
+            {n: np.ascontiguousarray(tensors[n]) for n in shard},
+            out_dir / fname,
+            metadata={"format": "pt"},
+        )
+        weight_map.update(dict.fromkeys(shard, fname))
         files.append(out_dir / fname)
     index = {"metadata": {"total_size": int(total)}, "weight_map": weight_map}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
@@ -252,7 +288,9 @@ def dtype_name(dtype) -> str:
     return _DTYPE_NAMES.get(np.dtype(dtype), str(np.dtype(dtype)))
 
 
-def flat_to_state(config: ModelConfig, flat: Mapping[tuple, np.ndarray], to_device: Callable = jax.numpy.asarray):
+def flat_to_state(
+    config: ModelConfig, flat: Mapping[tuple, np.ndarray], to_device: Callable = jax.numpy.asarray
+):
     """Builds `(graphdef, state)` for the model from a complete flat mapping."""
     dtype = next(iter(flat.values())).dtype
     abstract = build_abstract(config, dtype=dtype)

@@ -63,11 +63,15 @@ def _read_jsonl(path: Path) -> Iterator[str]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e}); expected one "
-                                 '{"text": "..."} object per line') from e
+                raise ValueError(
+                    f"{path}:{n}: not valid JSON ({e}); expected one "
+                    '{"text": "..."} object per line'
+                ) from e
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise ValueError(f'{path}:{n}: expected a JSON object with a string "text" field, '
-                                 f"got {str(obj)[:80]!r}")
+                raise ValueError(
+                    f'{path}:{n}: expected a JSON object with a string "text" field, '
+                    f"got {str(obj)[:80]!r}"
+                )
             text = obj["text"].strip()
             if text:
                 yield text
@@ -105,8 +109,11 @@ def read_documents(path: str | os.PathLike) -> Iterator[str]:
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir()
-                       if p.is_file() and not p.name.startswith(".") and _reader(p) is not None)
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and not p.name.startswith(".") and _reader(p) is not None
+        )
         if not files:
             raise ValueError(f"corpus folder {path} holds no .txt or .jsonl file")
         for file in files:
@@ -119,7 +126,8 @@ def read_documents(path: str | os.PathLike) -> Iterator[str]:
         raise ValueError(
             f"corpus {path}: unsupported file type {path.suffix!r}; use a .txt file (documents "
             'separated by blank lines), a .jsonl file ({"text": ...} per line) or a folder of '
-            "those (for the raw WikiText file use wikitext_paragraphs)")
+            "those (for the raw WikiText file use wikitext_paragraphs)"
+        )
     yield from reader(path)
 
 
@@ -150,11 +158,14 @@ def write_text_corpus(docs: Iterable[str], path: str | os.PathLike) -> int:
                 text = doc.strip()
                 if not text:
                     raise ValueError(
-                        f"document {i} is empty; the .txt corpus format cannot hold it")
+                        f"document {i} is empty; the .txt corpus format cannot hold it"
+                    )
                 if any(_blank(line) for line in text.splitlines()):
-                    raise ValueError(f"document {i} contains a blank line, which the .txt corpus "
-                                     "format reads as a document separator; remove it or write "
-                                     "JSONL")
+                    raise ValueError(
+                        f"document {i} contains a blank line, which the .txt corpus "
+                        "format reads as a document separator; remove it or write "
+                        "JSONL"
+                    )
                 if n:
                     f.write("\n")
                 f.write(text + "\n")

@@ -10,10 +10,10 @@ One batch, in the reference order:
         θ.W_l = θ_start.W_l + dW_l
         prev_kkt_l += K Kᵀ                                 # methods with a previous-edit cache
 
-`EditState` is immutable; `apply` returns a new one, so a batch that fails (bad request, a non-finite
-target or update) leaves the caller's state exactly as it was. The journal records each batch's applied
-deltas; rollback replays the journal from its base with the same floating-point operations, so it
-restores the weights bit for bit.
+`EditState` is immutable; `apply` returns a new one, so a batch that fails (bad request, a
+non-finite target or update) leaves the caller's state exactly as it was. The journal records each
+batch's applied deltas; rollback replays the journal from its base with the same floating-point
+operations, so it restores the weights bit for bit.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from flax import nnx
 from jaxedit import solve
 from jaxedit.config import EditConfig
 from jaxedit.lm import LanguageModel
-from jaxedit.shapes import bucket, bucket_in
 from jaxedit.models import Probe, rewrite_path
 from jaxedit.prompts import KeyBatch, build_key_batch
 from jaxedit.requests import EditRequest, validate_requests
-from jaxedit.stats import LayerStats
 from jaxedit.search import SearchResult, build_search_batch, search_targets
+from jaxedit.shapes import bucket_in
+from jaxedit.stats import LayerStats
 
 log = logging.getLogger(__name__)
 Array = jax.Array
@@ -126,15 +126,23 @@ def _with_kernels(params, config, kernels: dict[int, Array]):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layer", "z_layer"))
-def keys_and_current(graphdef, params, kb: KeyBatch, layer: int, z_layer: int) -> tuple[Array, Array]:
-    """K `[f, r]` (per template group mean, then mean over groups; reference §1.3) and H `[d, r]`, the output
-    of block z_layer at the subject's last token of the bare prompt (reference §3 step 2)."""
+def keys_and_current(
+    graphdef, params, kb: KeyBatch, layer: int, z_layer: int
+) -> tuple[Array, Array]:
+    """K `[f, r]` (per template group mean, then mean over groups; reference §1.3) and H `[d, r]`,
+    the output of block z_layer at the subject's last token of the bare prompt (reference §3
+    step 2)."""
     model = nnx.merge(graphdef, params)
     r, c, t = kb.input_ids.shape
     out = model(
-        kb.input_ids.reshape(r * c, t), kb.mask.reshape(r * c, t),
-        Probe(read_index=kb.lookup.reshape(r * c), key_layers=(layer,), resid_layers=(z_layer,),
-              stop_layer=z_layer),
+        kb.input_ids.reshape(r * c, t),
+        kb.mask.reshape(r * c, t),
+        Probe(
+            read_index=jnp.asarray(kb.lookup).reshape(r * c),  # a no-op under jit
+            key_layers=(layer,),
+            resid_layers=(z_layer,),
+            stop_layer=z_layer,
+        ),
     )
     k = out.keys[layer].astype(jnp.float32).reshape(r, c, -1)
     means, start = [], 0
@@ -157,8 +165,14 @@ class Editor:
       max_journal: batches kept for rollback (older ones are folded into the journal's base).
     """
 
-    def __init__(self, model: LanguageModel, cfg: EditConfig, stats: LayerStats, templates,
-                 max_journal: int = 16):
+    def __init__(
+        self,
+        model: LanguageModel,
+        cfg: EditConfig,
+        stats: LayerStats,
+        templates,
+        max_journal: int = 16,
+    ):
         cfg.validate(model.config.num_layers)
         self.model, self.cfg, self.stats = model, cfg, stats
         # The editor's own passes (search, keys) run at the editing config's precision.
@@ -169,8 +183,10 @@ class Editor:
         missing += [l for l in cfg.layers if cfg.method == "AlphaEdit" and l not in stats.null_proj]
         if missing:
             raise ValueError(f"statistics missing for layers {missing} (method {cfg.method})")
-        if cfg.solve.float64 and not jax.config.jax_enable_x64:
-            raise ValueError("solve.float64=True needs 64-bit JAX: set JAX_ENABLE_X64=1 (CPU/GPU only)")
+        if cfg.solve.float64 and not jax.config.read("jax_enable_x64"):
+            raise ValueError(
+                "solve.float64=True needs 64-bit JAX: set JAX_ENABLE_X64=1 (CPU/GPU only)"
+            )
 
     @property
     def uses_prev_cache(self) -> bool:
@@ -183,14 +199,17 @@ class Editor:
         dtype = jnp.float64 if self.cfg.solve.float64 else jnp.float32
         kkt = {l: jnp.zeros((f, f), dtype) for l in self.cfg.layers} if self.uses_prev_cache else {}
         kernels = {l: _kernel(params, rewrite_path(self.model.config, l)) for l in self.cfg.layers}
-        return EditState(params=params, prev_kkt=kkt, num_edits=0, journal=(), base_kernels=kernels,
-                         base_kkt=kkt)
+        return EditState(
+            params=params, prev_kkt=kkt, num_edits=0, journal=(), base_kernels=kernels, base_kkt=kkt
+        )
 
     # ---------------------------------------------------------------------------------------------
 
     def search(self, params, requests: Sequence[EditRequest]) -> tuple[SearchResult, list[dict]]:
         batch, infos = build_search_batch(
-            self.model.tokenizer, requests, self.templates,
+            self.model.tokenizer,
+            requests,
+            self.templates,
             pad_requests_to=self._padded_size(len(requests)),
             max_length=self.model.config.max_position_embeddings,
         )
@@ -199,7 +218,8 @@ class Editor:
 
     @staticmethod
     def _padded_size(n: int) -> int:
-        """Batch sizes are padded to a few buckets so a run compiles the search a handful of times."""
+        """Batch sizes are padded to a few buckets so a run compiles the search a handful of
+        times."""
         return bucket_in(n, (1, 2, 4, 8, 10, 16, 32, 50, 64, 100, 128), 64)
 
     def _solve(self, layer, keys, resid, prev):
@@ -209,14 +229,29 @@ class Editor:
             keys, resid = keys.astype(jnp.float64), resid.astype(jnp.float64)
         if m == "AlphaEdit":
             proj = self.stats.null_proj[layer].astype(keys.dtype)
-            return solve.alphaedit_update(keys, resid, proj, prev + solve.key_gram(keys), l2=float(s.l2))
+            return solve.alphaedit_update(
+                keys, resid, proj, prev + solve.key_gram(keys), l2=float(s.l2)
+            )
         cov = self.stats.cov[layer].astype(keys.dtype)
         if m == "EMMET":
-            return solve.emmet_update(keys, resid, cov, cov_weight=float(s.cov_weight),
-                                      norm_lambda=float(s.norm_lambda),
-                                      emmet_lambda=float(s.emmet_lambda), method=method)
-        return solve.memit_update(keys, resid, cov, cov_weight=float(s.cov_weight),
-                                  norm_lambda=float(s.norm_lambda), prev_kkt=prev, method=method)
+            return solve.emmet_update(
+                keys,
+                resid,
+                cov,
+                cov_weight=float(s.cov_weight),
+                norm_lambda=float(s.norm_lambda),
+                emmet_lambda=float(s.emmet_lambda),
+                method=method,
+            )
+        return solve.memit_update(
+            keys,
+            resid,
+            cov,
+            cov_weight=float(s.cov_weight),
+            norm_lambda=float(s.norm_lambda),
+            prev_kkt=prev,
+            method=method,
+        )
 
     def apply(
         self, state: EditState, requests: Sequence[EditRequest], targets: np.ndarray | None = None
@@ -226,8 +261,8 @@ class Editor:
         Args:
           state: the state before the batch (not modified).
           requests: the batch.
-          targets: optional precomputed target activations z `[n, d]` (skips the search; for replaying
-            a run or checking the update against reference targets).
+          targets: optional precomputed target activations z `[n, d]` (skips the search; for
+            replaying a run or checking the update against reference targets).
         """
         if not requests:
             raise ValueError("empty batch")
@@ -240,13 +275,16 @@ class Editor:
             if targets.shape != (n, mcfg.hidden_size):
                 raise ValueError(f"targets shape {targets.shape} != ({n}, {mcfg.hidden_size})")
             nan = np.full((n,), np.nan, np.float32)
-            res, infos = SearchResult(targets, targets * np.nan, targets * np.nan, nan, nan, nan, {}), [{}] * n
+            res = SearchResult(targets, targets * np.nan, targets * np.nan, nan, nan, nan, {})
+            infos: list[dict] = [{}] * n
         else:
             res, infos = self.search(state.params, requests)
             targets = np.asarray(res.targets)[:n]
         search_time = time.perf_counter() - t0
         if not np.isfinite(targets).all():
-            raise EditError(f"non-finite target in the search (case_ids {[q.case_id for q in requests]})")
+            raise EditError(
+                f"non-finite target in the search (case_ids {[q.case_id for q in requests]})"
+            )
 
         t0 = time.perf_counter()
         kb = build_key_batch(self.model.tokenizer, requests, self.templates)
@@ -274,12 +312,22 @@ class Editor:
         update_time = time.perf_counter() - t0
 
         entry = JournalEntry(tuple(q.case_id for q in requests), deltas, kkts)
-        journal, base_kernels, base_kkt = state.journal + (entry,), state.base_kernels, state.base_kkt
+        journal, base_kernels, base_kkt = (
+            (*state.journal, entry),
+            state.base_kernels,
+            state.base_kkt,
+        )
         while len(journal) > self.max_journal:  # fold the oldest entry into the base
             base_kernels, base_kkt = self._replay(base_kernels, base_kkt, journal[:1])
             journal = journal[1:]
-        new_state = EditState(params=params, prev_kkt=new_kkt, num_edits=state.num_edits + n,
-                              journal=journal, base_kernels=base_kernels, base_kkt=base_kkt)
+        new_state = EditState(
+            params=params,
+            prev_kkt=new_kkt,
+            num_edits=state.num_edits + n,
+            journal=journal,
+            base_kernels=base_kernels,
+            base_kkt=base_kkt,
+        )
         report = BatchReport(
             case_ids=[q.case_id for q in requests],
             targets=targets,
@@ -290,8 +338,12 @@ class Editor:
             keys={l: np.asarray(k) for l, k in keys_out.items()},
             deltas={l: np.asarray(d) for l, d in deltas.items()},
             delta_norm={l: float(jnp.linalg.norm(d)) for l, d in deltas.items()},
-            weight_norm={l: float(jnp.linalg.norm(_kernel(params, rewrite_path(mcfg, l)).astype(jnp.float32)))
-                         for l in cfg.layers},
+            weight_norm={
+                l: float(
+                    jnp.linalg.norm(_kernel(params, rewrite_path(mcfg, l)).astype(jnp.float32))
+                )
+                for l in cfg.layers
+            },
             search_time=search_time,
             update_time=update_time,
             prompts=infos[:n],
@@ -315,37 +367,53 @@ class Editor:
             raise ValueError(f"rollback k={k}: the journal holds {len(state.journal)} batches")
         keep = state.journal[: len(state.journal) - k]
         kernels, kkt = self._replay(state.base_kernels, state.base_kkt, keep)
-        removed = sum(len(e.case_ids) for e in state.journal[len(keep):])
+        removed = sum(len(e.case_ids) for e in state.journal[len(keep) :])
         params = _with_kernels(state.params, self.model.config, kernels)
-        return dataclasses.replace(state, params=params, prev_kkt=kkt if state.prev_kkt else {},
-                                   num_edits=state.num_edits - removed, journal=keep)
+        return dataclasses.replace(
+            state,
+            params=params,
+            prev_kkt=kkt if state.prev_kkt else {},
+            num_edits=state.num_edits - removed,
+            journal=keep,
+        )
 
     def state_arrays(self, state: EditState) -> dict[str, np.ndarray]:
         """What a run checkpoint needs to continue exactly: the rewrite kernels, the previous-edit
         caches and the edit count (the rollback journal is not kept)."""
         arrays = {"num_edits": np.asarray(state.num_edits, np.int64)}
         for layer in self.cfg.layers:
-            arrays[f"kernel_L{layer}"] = np.asarray(_kernel(state.params, rewrite_path(self.model.config, layer)))
+            arrays[f"kernel_L{layer}"] = np.asarray(
+                _kernel(state.params, rewrite_path(self.model.config, layer))
+            )
             if state.prev_kkt:
                 arrays[f"prev_kkt_L{layer}"] = np.asarray(state.prev_kkt[layer])
         return arrays
 
     def restore_state(self, arrays) -> EditState:
-        """The `EditState` saved by `state_arrays` (bit-identical kernels and caches, empty journal)."""
+        """The `EditState` saved by `state_arrays` (bit-identical kernels and caches, empty
+        journal)."""
         base = self.init_state()
         kernels, kkt = {}, {}
         for layer in self.cfg.layers:
             want = base.base_kernels[layer]
             got = np.asarray(arrays[f"kernel_L{layer}"])
             if got.shape != want.shape or got.dtype != want.dtype:
-                raise ValueError(f"checkpoint kernel of layer {layer} is {got.shape} {got.dtype}, the model's "
-                                 f"is {want.shape} {want.dtype}: the checkpoint belongs to another model")
+                raise ValueError(
+                    f"checkpoint kernel of layer {layer} is {got.shape} {got.dtype}, the model's "
+                    f"is {want.shape} {want.dtype}: the checkpoint belongs to another model"
+                )
             kernels[layer] = jnp.asarray(got)
             if self.uses_prev_cache:
                 kkt[layer] = jnp.asarray(arrays[f"prev_kkt_L{layer}"])
         params = _with_kernels(self.model.params, self.model.config, kernels)
-        return EditState(params=params, prev_kkt=kkt, num_edits=int(arrays["num_edits"]), journal=(),
-                         base_kernels=kernels, base_kkt=kkt)
+        return EditState(
+            params=params,
+            prev_kkt=kkt,
+            num_edits=int(arrays["num_edits"]),
+            journal=(),
+            base_kernels=kernels,
+            base_kkt=kkt,
+        )
 
     def edited_model(self, state: EditState) -> LanguageModel:
         return self.model.replace(params=state.params)

@@ -23,23 +23,24 @@ import jax
 import numpy as np
 
 from jaxedit.lm import LanguageModel
-from jaxedit.shapes import bucket
 from jaxedit.requests import EditRequest
+from jaxedit.shapes import bucket
 from jaxedit.wordtok import word_tokenize
 
 
-def text_ngram_entropy(text: str | Sequence[str], ns: Sequence[int] = (2, 3),
-                       weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+def text_ngram_entropy(
+    text: str | Sequence[str], ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)
+) -> float:
     """Weighted n-gram entropy of one text, in bits (MEMIT's `compute_n_gram_entropy`).
 
     For each n, H_n = -Σ f log2 f over the relative frequencies f of the text's word n-grams (0 when
-    the text has fewer than n words); the result is the arithmetic mean of weights[i] · H_{ns[i]}, by
-    default (2/3 · H2 + 4/3 · H3) / 2. `text` may also be a list of word tokens.
+    the text has fewer than n words); the result is the arithmetic mean of weights[i] · H_{ns[i]},
+    by default (2/3 · H2 + 4/3 · H3) / 2. `text` may also be a list of word tokens.
     """
     tokens = word_tokenize(text) if isinstance(text, str) else list(text)
     parts = []
     for n, w in zip(ns, weights):
-        counts = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+        counts = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
         f = np.array(list(counts.values()), np.float64)
         f = f / f.sum() if f.size else f
         parts.append(w * float(-(f * np.log2(f)).sum()))
@@ -47,8 +48,8 @@ def text_ngram_entropy(text: str | Sequence[str], ns: Sequence[int] = (2, 3),
 
 
 def ngram_entropy(texts: str | Sequence[str]) -> float:
-    """A record's n-gram entropy: the arithmetic mean of `text_ngram_entropy` over its texts (MEMIT's
-    `n_gram_entropy`), in bits; NaN for no texts. A single string counts as one text."""
+    """A record's n-gram entropy: the arithmetic mean of `text_ngram_entropy` over its texts
+    (MEMIT's `n_gram_entropy`), in bits; NaN for no texts. A single string counts as one text."""
     if isinstance(texts, str):
         texts = [texts]
     if not texts:
@@ -65,8 +66,11 @@ def generation_entropy(texts_per_record: Sequence[Sequence[str]]) -> dict:
     """
     per = [ngram_entropy(t) if len(t) else None for t in texts_per_record]
     vals = [v for v in per if v is not None]
-    return {"GE": 100.0 * float(np.mean(vals)) if vals else float("nan"),
-            "num_records": len(vals), "per_record": per}
+    return {
+        "GE": 100.0 * float(np.mean(vals)) if vals else float("nan"),
+        "num_records": len(vals),
+        "per_record": per,
+    }
 
 
 # Generation prompts
@@ -103,10 +107,10 @@ def generation_prompts_for(
     A record's own `generation_prompts` (nested CounterFact records carry about 10) come first. A
     record without them (the flattened counterfact-edit.json has none) gets the prompts of the pool
     (`cf_generation_prompts.json`: a JSON list of the original records' generation prompts) that
-    contain its subject as a whole word or phrase: case-sensitive, not preceded or followed by a word
-    character ("Lyon" matches "Lyon's twin city" but not "Sue Lyons"), in pool order, deduplicated, at
-    most `max_per_record`. A subject that is part of a longer name also matches ("Lyon" in "Olympique
-    Lyon is"). Without a pool, or without a match, the record gets no prompts.
+    contain its subject as a whole word or phrase: case-sensitive, not preceded or followed by a
+    word character ("Lyon" matches "Lyon's twin city" but not "Sue Lyons"), in pool order,
+    deduplicated, at most `max_per_record`. A subject that is part of a longer name also matches
+    ("Lyon" in "Olympique Lyon is"). Without a pool, or without a match, the record gets no prompts.
 
     With `append_qna`, the record's question form (`qna_question` of `counterfact_qna.json`, which
     covers case ids 0–999; default path: beside the pool) is appended after the cap, as ENC's
@@ -119,8 +123,9 @@ def generation_prompts_for(
     if append_qna:
         if qna_path is None:
             if pool_path is None:
-                raise ValueError("append_qna needs qna_path (or a pool_path with counterfact_qna.json "
-                                 "beside it)")
+                raise ValueError(
+                    "append_qna needs qna_path (or a pool_path with counterfact_qna.json beside it)"
+                )
             qna_path = Path(pool_path).with_name("counterfact_qna.json")
         qna = _qna_questions(str(Path(qna_path).resolve()))
     out = []
@@ -128,10 +133,10 @@ def generation_prompts_for(
         prompts = list(r.generation_prompts)
         if not prompts and pool:
             words = re.findall(r"\w+", r.subject)
+            cand: Sequence[int]
             if words:
                 lists = sorted((index.get(w, []) for w in set(words)), key=len)
-                cand = set(lists[0]).intersection(*lists[1:])
-                cand = sorted(cand)
+                cand = sorted(set(lists[0]).intersection(*lists[1:]))
             else:
                 cand = range(len(pool))
             pattern = re.compile(r"(?<!\w)" + re.escape(r.subject) + r"(?!\w)")
@@ -169,17 +174,18 @@ def generate_texts(
     top_k: int = 5,
     batch_size: int = 64,
 ) -> list[str]:
-    """Sampled texts, each the prompt plus its continuation, at most `max_out_len` tokens in all (the
-    reference's `generate_fast(..., max_out_len=100)` with top-k 5 sampling).
+    """Sampled texts, each the prompt plus its continuation, at most `max_out_len` tokens in all
+    (the reference's `generate_fast(..., max_out_len=100)` with top-k 5 sampling).
 
     The prompts are sorted by token length and generated in chunks of `batch_size` (the last one
     padded with copies), chunk c with the key `fold_in(key(seed), c)`: the texts depend only on the
-    seed and the list of prompts. Every chunk samples `max_out_len - (shortest prompt)` new tokens and
-    each row is cut to `max_out_len - len(prompt)`: the continuation is re-tokenized for the cut, which
-    can differ from the sampled tokens where the model sampled a non-canonical tokenization. The text
-    is the decoded prompt tokens plus the kept continuation tokens, NFKD-normalised, with "\\n\\n"
-    replaced by a space (as the reference does). Unlike the reference, which samples on past the
-    end-of-sequence token and deletes it from the text, a row ends at its first end-of-sequence token.
+    seed and the list of prompts. Every chunk samples `max_out_len - (shortest prompt)` new tokens
+    and each row is cut to `max_out_len - len(prompt)`: the continuation is re-tokenized for the
+    cut, which can differ from the sampled tokens where the model sampled a non-canonical
+    tokenization. The text is the decoded prompt tokens plus the kept continuation tokens,
+    NFKD-normalised, with "\\n\\n" replaced by a space (as the reference does). Unlike the
+    reference, which samples on past the end-of-sequence token and deletes it from the text, a row
+    ends at its first end-of-sequence token.
     """
     tok = model.tokenizer
     if not prompts:
@@ -193,7 +199,7 @@ def generate_texts(
         order = np.argsort(lengths, kind="stable")
         size = min(batch_size, bucket(len(prompts), 8))
         for c, start in enumerate(range(0, len(order), size)):
-            rows = [int(i) for i in order[start:start + size]]
+            rows = [int(i) for i in order[start : start + size]]
             batch = [prompts[i] for i in rows]
             batch += [batch[-1]] * (size - len(batch))
             texts = model.generate(batch, max_new, top_k=top_k, key=jax.random.fold_in(key, c))
@@ -233,14 +239,16 @@ def counterfact_generation_entropy(
        "per_record": entropy in bits or None per record, and with `return_texts` "prompts" and
        "texts" (lists per record)}.
     """
-    prompts = generation_prompts_for(requests, pool_path, max_per_record, append_qna=append_qna,
-                                     qna_path=qna_path)
+    prompts = generation_prompts_for(
+        requests, pool_path, max_per_record, append_qna=append_qna, qna_path=qna_path
+    )
     flat = [p for ps in prompts for p in ps]
-    texts = generate_texts(model, flat, seed=seed, max_out_len=max_out_len, top_k=top_k,
-                           batch_size=batch_size)
+    texts = generate_texts(
+        model, flat, seed=seed, max_out_len=max_out_len, top_k=top_k, batch_size=batch_size
+    )
     per_texts, k = [], 0
     for ps in prompts:
-        per_texts.append(texts[k:k + len(ps)])
+        per_texts.append(texts[k : k + len(ps)])
         k += len(ps)
     out = generation_entropy(per_texts)
     if return_texts:

@@ -79,6 +79,7 @@ _GLOBAL_NAMES = {
 }
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
 
+
 def permute_qk_for_gguf(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Applies llama.cpp's q/k row permutation (Hugging Face rotate-half -> adjacent-pair RoPE).
 
@@ -238,7 +239,7 @@ def _hf_config(meta: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
 def _rope_scaling_from_metadata(meta: dict[str, Any]) -> dict[str, Any] | None:
     """`rope_scaling` from explicit `llama.rope.scaling.*` keys, or None when there are none."""
     prefix = "llama.rope.scaling."
-    fields = {k[len(prefix):]: v for k, v in meta.items() if k.startswith(prefix)}
+    fields = {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)}
     rope_type = fields.pop("type", None)
     if rope_type in (None, "none"):
         return None
@@ -425,6 +426,14 @@ def _hf_tensors(
 
 
 def _summary(cfg: dict[str, Any]) -> str:
-    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-            "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings")
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "tie_word_embeddings",
+    )
     return "{" + ", ".join(f"{k}={cfg[k]}" for k in keys) + "}"

@@ -88,7 +88,12 @@ def build_tokenizer(meta: dict[str, Any]) -> transformers.PreTrainedTokenizerFas
     vocab: dict[str, int] = {}
     for i, token in enumerate(tokens):
         vocab.setdefault(respell(token), i)
-    merges = [tuple(m.split(" ", 1)) for m in merges_text]
+    merges: list[tuple[str, str]] = []
+    for m in merges_text:
+        left, sep, right = m.partition(" ")  # as m.split(" ", 1)
+        if not sep:
+            raise ValueError(f"GGUF merge {m!r}: expected two tokens separated by a space")
+        merges.append((left, right))
     tok = Tokenizer(
         models.BPE(
             vocab=vocab,
@@ -100,14 +105,16 @@ def build_tokenizer(meta: dict[str, Any]) -> transformers.PreTrainedTokenizerFas
         )
     )
     add_prefix_space = bool(meta.get("tokenizer.ggml.add_space_prefix", False))
-    split = _PRE_TOKENIZER_SPLITS.get(meta.get("tokenizer.ggml.pre"))
+    split = _PRE_TOKENIZER_SPLITS.get(meta.get("tokenizer.ggml.pre", ""))
     if split is None:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     else:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(split), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, use_regex=False),
-        ])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, use_regex=False),
+            ]
+        )
     tok.decoder = decoders.ByteLevel()
 
     # Control tokens must stay whole: without this "<|im_start|>" would be cut into byte pieces.
@@ -135,6 +142,7 @@ def build_tokenizer(meta: dict[str, Any]) -> transformers.PreTrainedTokenizerFas
     add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
     if add_bos or add_eos:
+
         def template(seq: str, type_id: int) -> list[str]:
             return (
                 ([f"{bos}:{type_id}"] if add_bos else [])
@@ -150,8 +158,9 @@ def build_tokenizer(meta: dict[str, Any]) -> transformers.PreTrainedTokenizerFas
         )
 
     kwargs: dict[str, Any] = {
-        k: v for k, v in (("bos_token", bos), ("eos_token", eos), ("unk_token", unk),
-                          ("pad_token", pad)) if v is not None
+        k: v
+        for k, v in (("bos_token", bos), ("eos_token", eos), ("unk_token", unk), ("pad_token", pad))
+        if v is not None
     }
     if "tokenizer.chat_template" in meta:
         kwargs["chat_template"] = meta["tokenizer.chat_template"]

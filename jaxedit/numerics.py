@@ -1,15 +1,16 @@
 """Matmul precision, owned by the library.
 
 XLA's default precision is backend dependent: on TPU a float32 matmul runs as one bfloat16 pass, on
-recent NVIDIA GPUs as TF32 (when enabled); only on CPU is it exact float32. jaxedit never relies on the
-global `jax_default_matmul_precision` flag that a user may or may not set. Instead every jitted path
-traces its body under an explicit precision:
+recent NVIDIA GPUs as TF32 (when enabled); only on CPU is it exact float32. jaxedit never relies on
+the global `jax_default_matmul_precision` flag that a user may or may not set. Instead every jitted
+path traces its body under an explicit precision:
 
 * the model forward (logits, generation, metrics, downstream scoring, statistics, analysis) under
-  `ModelConfig.matmul_precision` (`jaxedit.load(..., precision=...)`, `LanguageModel.with_precision`);
+  `ModelConfig.matmul_precision` (`jaxedit.load(..., precision=...)`,
+  `LanguageModel.with_precision`);
 * the editor's own passes (target search, keys) under `EditConfig.matmul_precision`;
-* the closed-form solves and the C0 accumulation always at `"highest"`: they are a small share of the
-  time and act on ill-conditioned matrices, where one bfloat16 pass gives visibly wrong updates.
+* the closed-form solves and the C0 accumulation always at `"highest"`: they are a small share of
+  the time and act on ill-conditioned matrices, where one bfloat16 pass gives visibly wrong updates.
 
 Names (those of `jax.default_matmul_precision`):
 
@@ -37,8 +38,10 @@ HIGHEST = "highest"
 def check_precision(precision: str, field: str = "matmul_precision") -> str:
     """Returns `precision` if it is one of `PRECISIONS`, else raises naming `field`."""
     if precision not in PRECISIONS:
-        raise ValueError(f"{field}={precision!r}: expected one of {PRECISIONS} ('highest' is exact "
-                         "float32; 'default' is the backend's fastest float32 matmul)")
+        raise ValueError(
+            f"{field}={precision!r}: expected one of {PRECISIONS} ('highest' is exact "
+            "float32; 'default' is the backend's fastest float32 matmul)"
+        )
     return precision
 
 
@@ -46,8 +49,8 @@ def check_precision(precision: str, field: str = "matmul_precision") -> str:
 def matmul_precision(precision: str) -> Iterator[None]:
     """Traces what runs inside under `precision` (a name of `PRECISIONS`).
 
-    Used inside jitted functions: the setting is read when each `dot_general` is traced, so it decides
-    the precision compiled into that executable, whatever the caller's global flag says.
+    Used inside jitted functions: the setting is read when each `dot_general` is traced, so it
+    decides the precision compiled into that executable, whatever the caller's global flag says.
     """
     with jax.default_matmul_precision(check_precision(precision)):
         yield

@@ -1,5 +1,5 @@
-"""Host-side tokenisation of every prompt the editor runs: one module for the search, the keys and the
-requests' checks.
+"""Host-side tokenisation of every prompt the editor runs: one module for the search, the keys and
+the requests' checks.
 
 * where the subject ends (`subject_last_index`, docs/reference.md §2.2) and whether that index is
   reliable for a template (`subject_token_mismatch`);
@@ -48,7 +48,7 @@ def _split_template(template: str) -> tuple[str, str]:
     if template.count("{}") != 1:
         raise ValueError(f"template {template!r} must contain exactly one '{{}}'")
     i = template.index("{}")
-    return template[:i], template[i + 2:]
+    return template[:i], template[i + 2 :]
 
 
 def subject_last_index(tokenizer: Any, template: str, subject: str) -> int:
@@ -97,8 +97,10 @@ def subject_token_mismatch(tokenizer: Any, template: str, subject: str) -> str |
     full = tokenizer.encode(prefix + subject + suffix)
     if full[: len(head)] == head:
         return None
-    return (f"tokens of {prefix + subject!r} {head} are not a prefix of the tokens of "
-            f"{prefix + subject + suffix!r} {full}; subject_last_index gives {len(head) - 1}")
+    return (
+        f"tokens of {prefix + subject!r} {head} are not a prefix of the tokens of "
+        f"{prefix + subject + suffix!r} {full}; subject_last_index gives {len(head) - 1}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,8 +133,8 @@ def build_search_batch(
 ) -> tuple[SearchBatch, list[dict]]:
     """Tokenizes the rewriting and KL prompts of every request (host side, numpy).
 
-    Returns the batch and, per request, a record of the prompts, lookup indices and target ids (for run
-    logs and fixture comparisons).
+    Returns the batch and, per request, a record of the prompts, lookup indices and target ids (for
+    run logs and fixture comparisons).
     """
     contexts = flatten_templates(templates)
     rows, infos = [], []
@@ -178,9 +180,15 @@ def build_search_batch(
     window_start = np.minimum(lookup, needed.min(-1)).astype(np.int32)
     window_len = bucket(int((np.maximum(lookup, needed.max(-1)) - window_start).max() + 1), 8)
     batch = SearchBatch(
-        input_ids=input_ids, mask=mask, lookup=lookup, target_pos=target_pos,
-        target_ids=target_ids, target_mask=target_mask, valid=valid,
-        window_start=window_start, window_len=window_len,
+        input_ids=input_ids,
+        mask=mask,
+        lookup=lookup,
+        target_pos=target_pos,
+        target_ids=target_ids,
+        target_mask=target_mask,
+        valid=valid,
+        window_start=window_start,
+        window_len=window_len,
     )
     return batch, infos
 
@@ -197,19 +205,22 @@ class SearchBatch:
       target_ids: `[r, g, p]` target token ids.
       target_mask: `[r, g, p]` 1 at real target positions of rewriting prompts.
       valid: `[r]` False for padding requests (they start stopped).
-      window_start: `[r, g]` first position re-run by each search iteration (min of the lookup and the
-        target positions; everything before it is unaffected by δ).
+      window_start: `[r, g]` first position re-run by each search iteration (min of the lookup and
+        the target positions; everything before it is unaffected by δ).
       window_len: static window length w (max over rows of last needed position - start + 1).
+
+    `build_search_batch` fills it with host (numpy) arrays; inside the jitted search they are JAX
+    arrays.
     """
 
-    input_ids: Array
-    mask: Array
-    lookup: Array
-    target_pos: Array
-    target_ids: Array
-    target_mask: Array
-    valid: Array
-    window_start: Array
+    input_ids: Array | np.ndarray
+    mask: Array | np.ndarray
+    lookup: Array | np.ndarray
+    target_pos: Array | np.ndarray
+    target_ids: Array | np.ndarray
+    target_mask: Array | np.ndarray
+    valid: Array | np.ndarray
+    window_start: Array | np.ndarray
     window_len: int = dataclasses.field(default=1, metadata=dict(static=True))
 
     @property
@@ -221,11 +232,13 @@ class SearchBatch:
 @dataclasses.dataclass(frozen=True)
 class KeyBatch:
     """The key prompts (context templates filled with each request's prompt, no target):
-    `input_ids`/`mask` `[r, c, t]`, `lookup` `[r, c]`; group sizes of the templates are static."""
+    `input_ids`/`mask` `[r, c, t]`, `lookup` `[r, c]`; group sizes of the templates are static.
+    `build_key_batch` fills it with host (numpy) arrays; inside jitted passes they are JAX
+    arrays."""
 
-    input_ids: Array
-    mask: Array
-    lookup: Array
+    input_ids: Array | np.ndarray
+    mask: Array | np.ndarray
+    lookup: Array | np.ndarray
     groups: tuple[int, ...] = dataclasses.field(default=(), metadata=dict(static=True))
 
 
@@ -239,4 +252,6 @@ def build_key_batch(tokenizer, requests: Sequence[EditRequest], templates) -> Ke
         ids.append([list(tokenizer(t.replace("{}", req.subject, 1))["input_ids"]) for t in tmpl])
         lookups.append([subject_last_index(tokenizer, t, req.subject) for t in tmpl])
     input_ids, mask = _pad_rows(ids, bucket(max(len(s) for row in ids for s in row), 16))
-    return KeyBatch(input_ids, mask, np.asarray(lookups, np.int32), tuple(len(g) for g in templates))
+    return KeyBatch(
+        input_ids, mask, np.asarray(lookups, np.int32), tuple(len(g) for g in templates)
+    )

@@ -80,8 +80,14 @@ class Problem:
 class _Fields:
     """Reads typed fields from one mapping, recording a Problem for each missing/ill-typed one."""
 
-    def __init__(self, record: Mapping, index: int | None, case_id: Any, problems: list[Problem],
-                 prefix: str = ""):
+    def __init__(
+        self,
+        record: Mapping,
+        index: int | None,
+        case_id: Any,
+        problems: list[Problem],
+        prefix: str = "",
+    ):
         self.record = record
         self.index = index
         self.case_id = case_id
@@ -102,8 +108,11 @@ class _Fields:
             return MISSING
         value = self.record[key]
         if not isinstance(value, str):
-            self.add(key, f"must be a string, got {type(value).__name__} {value!r:.60}",
-                     "write it as a JSON string")
+            self.add(
+                key,
+                f"must be a string, got {type(value).__name__} {value!r:.60}",
+                "write it as a JSON string",
+            )
             return MISSING
         return value
 
@@ -111,19 +120,26 @@ class _Fields:
         """A target: a string or a ``{"str": ...}`` dict."""
         if key not in self.record or self.record[key] is None:
             if required:
-                self.add(key, "missing field",
-                         f'add {self.name(key)!r} (a string or {{"str": ...}})')
+                self.add(
+                    key, "missing field", f'add {self.name(key)!r} (a string or {{"str": ...}})'
+                )
             return MISSING
         value = self.record[key]
         if isinstance(value, Mapping):
             if "str" not in value:
-                self.add(key, f"target object has no 'str' key (keys {sorted(value)})",
-                         'write the target as a string or {"str": "..."}')
+                self.add(
+                    key,
+                    f"target object has no 'str' key (keys {sorted(value)})",
+                    'write the target as a string or {"str": "..."}',
+                )
                 return MISSING
             value = value["str"]
         if not isinstance(value, str):
-            self.add(key, f"target must be a string, got {type(value).__name__} {value!r:.60}",
-                     'write the target as a string or {"str": "..."}')
+            self.add(
+                key,
+                f"target must be a string, got {type(value).__name__} {value!r:.60}",
+                'write the target as a string or {"str": "..."}',
+            )
             return MISSING
         return value
 
@@ -135,8 +151,11 @@ class _Fields:
         if isinstance(value, str):
             return (value,)
         if not isinstance(value, (list, tuple)):
-            self.add(key, f"must be a list of strings, got {type(value).__name__}",
-                     "write it as a JSON list of strings")
+            self.add(
+                key,
+                f"must be a list of strings, got {type(value).__name__}",
+                "write it as a JSON list of strings",
+            )
             return MISSING
         bad = [i for i, v in enumerate(value) if not isinstance(v, str)]
         if bad:
@@ -164,10 +183,15 @@ def _case_id(record: Mapping, index: int | None, problems: list[Problem]) -> Any
         return index
     value = record["case_id"]
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        problems.append(Problem(
-            index, None, "case_id",
-            f"must be an int or a string, got {type(value).__name__} {value!r:.60}",
-            "use an integer or string id, or drop the field to use the position"))
+        problems.append(
+            Problem(
+                index,
+                None,
+                "case_id",
+                f"must be an int or a string, got {type(value).__name__} {value!r:.60}",
+                "use an integer or string id, or drop the field to use the position",
+            )
+        )
         return index
     return value
 
@@ -185,8 +209,9 @@ def detect_layout(record: Mapping) -> str | None:
     return None
 
 
-def prompt_template(prompt: Any, subject: Any, field: str, index: int | None, case_id: Any,
-                    problems: list[Problem]) -> Any:
+def prompt_template(
+    prompt: Any, subject: Any, field: str, index: int | None, case_id: Any, problems: list[Problem]
+) -> Any:
     """A ``{}`` template from a prompt that holds ``{}`` or the subject written out."""
     if prompt is MISSING:
         return MISSING
@@ -196,27 +221,44 @@ def prompt_template(prompt: Any, subject: Any, field: str, index: int | None, ca
             return MISSING
         if not subject.strip() or subject not in prompt:
             if subject.strip():
-                problems.append(Problem(
-                    index, case_id, field,
-                    f"subject {subject!r} does not occur in prompt {prompt!r} and the prompt has "
-                    "no '{}'",
-                    "write the subject exactly as it appears in the prompt, or put '{}' where it "
-                    "goes"))
+                problems.append(
+                    Problem(
+                        index,
+                        case_id,
+                        field,
+                        f"subject {subject!r} does not occur in prompt {prompt!r} and the prompt "
+                        "has no '{}'",
+                        "write the subject exactly as it appears in the prompt, or put '{}' where "
+                        "it goes",
+                    )
+                )
             return MISSING
         template = prompt.replace(subject, "{}", 1)
     elif n > 1:
-        problems.append(Problem(index, case_id, field,
-                                f"prompt {prompt!r} has {n} '{{}}' placeholders",
-                                "keep exactly one '{}', where the subject goes"))
+        problems.append(
+            Problem(
+                index,
+                case_id,
+                field,
+                f"prompt {prompt!r} has {n} '{{}}' placeholders",
+                "keep exactly one '{}', where the subject goes",
+            )
+        )
         return MISSING
     else:
         template = prompt
     rest = template.replace("{}", "", 1)
     if "{" in rest or "}" in rest:
-        problems.append(Problem(index, case_id, field,
-                                f"prompt {prompt!r} has a brace other than the one '{{}}' "
-                                "(str.format would fail on it)",
-                                "remove the other '{' and '}' characters from the prompt"))
+        problems.append(
+            Problem(
+                index,
+                case_id,
+                field,
+                f"prompt {prompt!r} has a brace other than the one '{{}}' "
+                "(str.format would fail on it)",
+                "remove the other '{' and '}' characters from the prompt",
+            )
+        )
         return MISSING
     return template
 
@@ -225,32 +267,47 @@ def _norm(s: str) -> str:
     return " ".join(s.split()).casefold()
 
 
-def content_problems(values: Mapping[str, Any], names: Mapping[str, str], index: int | None,
-                     case_id: Any, problems: list[Problem]) -> None:
+def content_problems(
+    values: Mapping[str, Any],
+    names: Mapping[str, str],
+    index: int | None,
+    case_id: Any,
+    problems: list[Problem],
+) -> None:
     """Empty subject/targets and target_new == target_true; `MISSING` values are skipped."""
 
     def add(key: str, message: str, fix: str) -> None:
         problems.append(Problem(index, case_id, names.get(key, key), message, fix))
 
-    for key, what in (("subject", "subject"), ("target_new", "new target"),
-                      ("target_true", "true target")):
+    for key, what in (
+        ("subject", "subject"),
+        ("target_new", "new target"),
+        ("target_true", "true target"),
+    ):
         value = values.get(key, MISSING)
         if isinstance(value, str) and not value.strip():
-            add(key, f"the {what} is empty or whitespace-only ({value!r})",
-                f"give a non-empty {what}" + (" or leave it out" if key == "target_true" else ""))
+            add(
+                key,
+                f"the {what} is empty or whitespace-only ({value!r})",
+                f"give a non-empty {what}" + (" or leave it out" if key == "target_true" else ""),
+            )
     new, true = values.get("target_new", MISSING), values.get("target_true", MISSING)
     if isinstance(new, str) and isinstance(true, str) and new.strip() and _norm(new) == _norm(true):
-        add("target_new", f"target_new {new!r} equals target_true {true!r} (ignoring case and "
+        add(
+            "target_new",
+            f"target_new {new!r} equals target_true {true!r} (ignoring case and "
             "whitespace), so there is nothing to edit",
-            "choose a different new target or drop the record")
+            "choose a different new target or drop the record",
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # Parsing
 
 
-def parse_record(record: Any, index: int | None,
-                 zsre_target: str) -> tuple[dict[str, Any] | None, list[Problem]]:
+def parse_record(
+    record: Any, index: int | None, zsre_target: str
+) -> tuple[dict[str, Any] | None, list[Problem]]:
     """Reads one raw record of any layout (auto-detected) into `EditRequest` keyword arguments.
 
     Args:
@@ -267,19 +324,30 @@ def parse_record(record: Any, index: int | None,
     """
     problems: list[Problem] = []
     if not isinstance(record, Mapping):
-        problems.append(Problem(index, None, "<record>",
-                                f"expected a JSON object, got {type(record).__name__}",
-                                "write each request as a JSON object"))
+        problems.append(
+            Problem(
+                index,
+                None,
+                "<record>",
+                f"expected a JSON object, got {type(record).__name__}",
+                "write each request as a JSON object",
+            )
+        )
         return None, problems
     case_id = _case_id(record, index, problems)
     layout = detect_layout(record)
     if layout is None:
-        problems.append(Problem(
-            index, case_id, "<record>",
-            f"unknown request layout (keys {sorted(record)})",
-            "use a CounterFact record ('requested_rewrite'), a flattened CounterFact record "
-            "('prompt', 'subject', 'target_new', 'ground_truth', ...), a zsRE record ('subject', "
-            "'src', 'alt', ...) or {'prompt', 'subject', 'target_new'}"))
+        problems.append(
+            Problem(
+                index,
+                case_id,
+                "<record>",
+                f"unknown request layout (keys {sorted(record)})",
+                "use a CounterFact record ('requested_rewrite'), a flattened CounterFact record "
+                "('prompt', 'subject', 'target_new', 'ground_truth', ...), a zsRE record "
+                "('subject', 'src', 'alt', ...) or {'prompt', 'subject', 'target_new'}",
+            )
+        )
         return None, problems
 
     top = _Fields(record, index, case_id, problems)
@@ -288,10 +356,15 @@ def parse_record(record: Any, index: int | None,
     if layout == "counterfact":
         rr = record["requested_rewrite"]
         if not isinstance(rr, Mapping):
-            problems.append(Problem(index, case_id, "requested_rewrite",
-                                    f"must be an object, got {type(rr).__name__}",
-                                    "write requested_rewrite as {'prompt', 'subject', "
-                                    "'target_new', 'target_true'}"))
+            problems.append(
+                Problem(
+                    index,
+                    case_id,
+                    "requested_rewrite",
+                    f"must be an object, got {type(rr).__name__}",
+                    "write requested_rewrite as {'prompt', 'subject', 'target_new', 'target_true'}",
+                )
+            )
             return None, problems
         inner = _Fields(rr, index, case_id, problems, prefix="requested_rewrite.")
         prompt, subject = inner.text("prompt"), inner.text("subject")
@@ -319,10 +392,13 @@ def parse_record(record: Any, index: int | None,
         pred = top.text("pred", required=False)
         if zsre_target == "alt":
             target_new = top.target("alt")
-            target_true = pred if pred is not MISSING else (
-                answers[0] if answers is not MISSING else MISSING)
-            names = {"target_new": "alt",
-                     "target_true": "pred" if pred is not MISSING else "answers"}
+            target_true = (
+                pred if pred is not MISSING else (answers[0] if answers is not MISSING else MISSING)
+            )
+            names = {
+                "target_new": "alt",
+                "target_true": "pred" if pred is not MISSING else "answers",
+            }
         else:
             target_new = answers[0] if answers is not MISSING else MISSING
             target_true = MISSING
@@ -343,8 +419,13 @@ def parse_record(record: Any, index: int | None,
 
     names.setdefault("prompt", "prompt")
     template = prompt_template(prompt, subject, names["prompt"], index, case_id, problems)
-    content_problems({"subject": subject, "target_new": target_new, "target_true": target_true},
-                     names, index, case_id, problems)
+    content_problems(
+        {"subject": subject, "target_new": target_new, "target_true": target_true},
+        names,
+        index,
+        case_id,
+        problems,
+    )
     if problems:
         return None, problems
     fields = {
@@ -373,5 +454,5 @@ def zsre_neighborhood_prompt(loc: str) -> str:
     """
     text = loc.strip()
     if text.startswith("nq question:"):
-        text = text[len("nq question:"):]
+        text = text[len("nq question:") :]
     return text.strip() + "?"

@@ -140,8 +140,9 @@ class RequestError(ValueError):
 # Parsing
 
 
-def _parse(record: Any, index: int | None, zsre_target: str) -> tuple[EditRequest | None,
-                                                                      list[Problem]]:
+def _parse(
+    record: Any, index: int | None, zsre_target: str
+) -> tuple[EditRequest | None, list[Problem]]:
     fields, problems = parse_record(record, index, zsre_target)
     return (None if fields is None else EditRequest(**fields)), problems
 
@@ -166,12 +167,18 @@ def parse_request(record: Mapping, index: int = 0, *, zsre_target: str = "alt") 
     request, problems = _parse(record, index, zsre_target)
     if problems:
         raise RequestError(problems)
+    assert request is not None  # parse_record returns fields whenever it found no problem
     return request
 
 
-def parse_requests(records: Iterable[Any], start: int = 0, *, zsre_target: str = "alt",
-                   check_duplicates: bool = True,
-                   source: str | os.PathLike | None = None) -> list[EditRequest]:
+def parse_requests(
+    records: Iterable[Any],
+    start: int = 0,
+    *,
+    zsre_target: str = "alt",
+    check_duplicates: bool = True,
+    source: str | os.PathLike | None = None,
+) -> list[EditRequest]:
     """Parses and validates many raw records, reporting every problem of every record at once.
 
     Args:
@@ -211,15 +218,27 @@ def parse_requests(records: Iterable[Any], start: int = 0, *, zsre_target: str =
 def _request_problems(request: Any, index: int) -> list[Problem]:
     """Record-level problems of an already built `EditRequest` (e.g. one made by hand)."""
     if not isinstance(request, EditRequest):
-        return [Problem(index, None, "<record>",
-                        f"expected an EditRequest, got {type(request).__name__}",
-                        "build requests with parse_request or EditRequest(...)")]
+        return [
+            Problem(
+                index,
+                None,
+                "<record>",
+                f"expected an EditRequest, got {type(request).__name__}",
+                "build requests with parse_request or EditRequest(...)",
+            )
+        ]
     problems: list[Problem] = []
     case_id = request.case_id
     if isinstance(case_id, bool) or not isinstance(case_id, (int, str)):
-        problems.append(Problem(index, case_id, "case_id",
-                                f"must be an int or a string, got {type(case_id).__name__}",
-                                "use an integer or string id"))
+        problems.append(
+            Problem(
+                index,
+                case_id,
+                "case_id",
+                f"must be an int or a string, got {type(case_id).__name__}",
+                "use an integer or string id",
+            )
+        )
     values: dict[str, Any] = {}
     for key in ("prompt", "subject", "target_new", "target_true", "neighborhood_target"):
         value = getattr(request, key)
@@ -227,30 +246,44 @@ def _request_problems(request: Any, index: int) -> list[Problem]:
         if value is None and optional:
             values[key] = MISSING
         elif not isinstance(value, str):
-            problems.append(Problem(index, case_id, key,
-                                    f"must be a string, got {type(value).__name__} {value!r:.60}",
-                                    "pass a str" + (" or None" if optional else "")))
+            problems.append(
+                Problem(
+                    index,
+                    case_id,
+                    key,
+                    f"must be a string, got {type(value).__name__} {value!r:.60}",
+                    "pass a str" + (" or None" if optional else ""),
+                )
+            )
             values[key] = MISSING
         else:
             values[key] = value
     for key in ("paraphrase_prompts", "neighborhood_prompts", "generation_prompts"):
         value = getattr(request, key)
         if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-            problems.append(Problem(index, case_id, key, "must be a tuple of strings",
-                                    "pass a tuple of str"))
+            problems.append(
+                Problem(index, case_id, key, "must be a tuple of strings", "pass a tuple of str")
+            )
     prompt = values["prompt"]
     if prompt is not MISSING and prompt.count("{}") != 1:
-        problems.append(Problem(index, case_id, "prompt",
-                                f"prompt {prompt!r} has {prompt.count('{}')} '{{}}' placeholders",
-                                "keep exactly one '{}', where the subject goes"))
+        problems.append(
+            Problem(
+                index,
+                case_id,
+                "prompt",
+                f"prompt {prompt!r} has {prompt.count('{}')} '{{}}' placeholders",
+                "keep exactly one '{}', where the subject goes",
+            )
+        )
     elif prompt is not MISSING:
         prompt_template(prompt, values["subject"], "prompt", index, case_id, problems)
     content_problems(values, {}, index, case_id, problems)
     return problems
 
 
-def _duplicate_problems(requests: Sequence[EditRequest], indices: Sequence[int],
-                        prompts: bool = True) -> list[Problem]:
+def _duplicate_problems(
+    requests: Sequence[EditRequest], indices: Sequence[int], prompts: bool = True
+) -> list[Problem]:
     problems: list[Problem] = []
     seen_ids: dict[Any, tuple[int, Any]] = {}
     seen_prompts: dict[tuple[str, str], tuple[int, Any]] = {}
@@ -260,29 +293,45 @@ def _duplicate_problems(requests: Sequence[EditRequest], indices: Sequence[int],
         key_id = (type(request.case_id).__name__, request.case_id)
         if key_id in seen_ids:
             j, _ = seen_ids[key_id]
-            problems.append(Problem(i, request.case_id, "case_id",
-                                    f"case_id {request.case_id!r} is already used by record {j}",
-                                    "give every request its own case_id"))
+            problems.append(
+                Problem(
+                    i,
+                    request.case_id,
+                    "case_id",
+                    f"case_id {request.case_id!r} is already used by record {j}",
+                    "give every request its own case_id",
+                )
+            )
         else:
             seen_ids[key_id] = (i, request.case_id)
         if prompts:
             key = (request.prompt, request.subject)
             if key in seen_prompts:
                 j, other = seen_prompts[key]
-                problems.append(Problem(
-                    i, request.case_id, "prompt",
-                    f"same prompt and subject ({request.filled_prompt()!r}) as record {j} "
-                    f"(case_id {other!r}) in one batch",
-                    "edit each prompt+subject once per batch: drop one, or put them in different "
-                    "batches"))
+                problems.append(
+                    Problem(
+                        i,
+                        request.case_id,
+                        "prompt",
+                        f"same prompt and subject ({request.filled_prompt()!r}) as record {j} "
+                        f"(case_id {other!r}) in one batch",
+                        "edit each prompt+subject once per batch: drop one, or put them in "
+                        "different batches",
+                    )
+                )
             else:
                 seen_prompts[key] = (i, request.case_id)
     return problems
 
 
-def validate_requests(requests: Sequence[EditRequest], tokenizer: Any = None,
-                      max_tokens: int | None = None, *, check_duplicates: bool = True,
-                      source: str | os.PathLike | None = None) -> None:
+def validate_requests(
+    requests: Sequence[EditRequest],
+    tokenizer: Any = None,
+    max_tokens: int | None = None,
+    *,
+    check_duplicates: bool = True,
+    source: str | os.PathLike | None = None,
+) -> None:
     """Checks a batch of requests and raises one error listing every problem.
 
     Checks each request (types, exactly one ``{}`` and no other brace, non-empty subject and
@@ -327,18 +376,26 @@ def validate_requests(requests: Sequence[EditRequest], tokenizer: Any = None,
                 text = request.filled_prompt() + with_leading_space(request.target_new)
                 n = len(tokenizer(text)["input_ids"])
                 if n > max_tokens:
-                    problems.append(Problem(
-                        i, request.case_id, "prompt",
-                        f"the filled prompt plus target ({text!r:.80}) is {n} tokens, more than "
-                        f"the model's {max_tokens}",
-                        "shorten the prompt or target, or drop the record"))
+                    problems.append(
+                        Problem(
+                            i,
+                            request.case_id,
+                            "prompt",
+                            f"the filled prompt plus target ({text!r:.80}) is {n} tokens, more "
+                            f"than the model's {max_tokens}",
+                            "shorten the prompt or target, or drop the record",
+                        )
+                    )
             issue = subject_token_mismatch(tokenizer, request.prompt, request.subject)
             if issue is not None:
                 mismatched.append(f"record {i} (case_id {request.case_id!r}): {issue}")
         if mismatched:
-            logger.warning("%d request(s) whose subject tokens are not a prefix of the prompt's "
-                           "tokens (subject-last-token index may be off):\n%s", len(mismatched),
-                           "\n".join(mismatched[:10]))
+            logger.warning(
+                "%d request(s) whose subject tokens are not a prefix of the prompt's "
+                "tokens (subject-last-token index may be off):\n%s",
+                len(mismatched),
+                "\n".join(mismatched[:10]),
+            )
     if problems:
         problems.sort(key=lambda p: -1 if p.index is None else p.index)
         raise RequestError(problems, source)
@@ -357,8 +414,18 @@ def _read_records(path: Path) -> list[Any]:
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":
             return _read_jsonl(path, text)
-        raise RequestError([Problem(None, None, "<file>", f"not valid JSON: {e}",
-                                    "write a JSON list of objects, or JSON Lines")], path) from e
+        raise RequestError(
+            [
+                Problem(
+                    None,
+                    None,
+                    "<file>",
+                    f"not valid JSON: {e}",
+                    "write a JSON list of objects, or JSON Lines",
+                )
+            ],
+            path,
+        ) from e
     if isinstance(data, list):
         return data
     if isinstance(data, Mapping):
@@ -368,14 +435,31 @@ def _read_records(path: Path) -> list[Any]:
         for key in _LIST_KEYS:
             if key in lists:
                 return lists[key]
-        raise RequestError([Problem(
-            None, None, "<file>",
-            f"a JSON object whose list of requests cannot be told apart (list-valued keys "
-            f"{sorted(lists)})",
-            f"put the requests in a top-level list, or under one of {list(_LIST_KEYS)}")], path)
-    raise RequestError([Problem(None, None, "<file>",
-                                f"top-level JSON value is a {type(data).__name__}",
-                                "write a JSON list of request objects")], path)
+        raise RequestError(
+            [
+                Problem(
+                    None,
+                    None,
+                    "<file>",
+                    f"a JSON object whose list of requests cannot be told apart (list-valued keys "
+                    f"{sorted(lists)})",
+                    f"put the requests in a top-level list, or under one of {list(_LIST_KEYS)}",
+                )
+            ],
+            path,
+        )
+    raise RequestError(
+        [
+            Problem(
+                None,
+                None,
+                "<file>",
+                f"top-level JSON value is a {type(data).__name__}",
+                "write a JSON list of request objects",
+            )
+        ],
+        path,
+    )
 
 
 def _read_jsonl(path: Path, text: str) -> list[Any]:
@@ -386,14 +470,30 @@ def _read_jsonl(path: Path, text: str) -> list[Any]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise RequestError([Problem(None, None, "<file>", f"line {n} is not valid JSON: {e}",
-                                        "write one JSON object per line")], path) from e
+            raise RequestError(
+                [
+                    Problem(
+                        None,
+                        None,
+                        "<file>",
+                        f"line {n} is not valid JSON: {e}",
+                        "write one JSON object per line",
+                    )
+                ],
+                path,
+            ) from e
     return records
 
 
-def load_requests(path: str | os.PathLike, start: int = 0, num: int | None = None, *,
-                  zsre_target: str = "alt", tokenizer: Any = None,
-                  max_tokens: int | None = None) -> list[EditRequest]:
+def load_requests(
+    path: str | os.PathLike,
+    start: int = 0,
+    num: int | None = None,
+    *,
+    zsre_target: str = "alt",
+    tokenizer: Any = None,
+    max_tokens: int | None = None,
+) -> list[EditRequest]:
     """Reads, parses and validates edit requests from a file.
 
     Accepts a JSON list of records, a JSON object holding one list of records (or several, one of
@@ -427,12 +527,22 @@ def load_requests(path: str | os.PathLike, start: int = 0, num: int | None = Non
         raise ValueError(f"start={start}, num={num}: both must be >= 0")
     records = _read_records(path)
     if start > len(records) or (start == len(records) and num != 0 and records):
-        raise RequestError([Problem(None, None, "<file>",
-                                    f"start={start} but the file holds {len(records)} records",
-                                    f"use a start below {len(records)}")], path)
+        raise RequestError(
+            [
+                Problem(
+                    None,
+                    None,
+                    "<file>",
+                    f"start={start} but the file holds {len(records)} records",
+                    f"use a start below {len(records)}",
+                )
+            ],
+            path,
+        )
     stop = len(records) if num is None else min(len(records), start + num)
-    requests = parse_requests(records[start:stop], start, zsre_target=zsre_target,
-                              check_duplicates=False, source=path)
+    requests = parse_requests(
+        records[start:stop], start, zsre_target=zsre_target, check_duplicates=False, source=path
+    )
     if tokenizer is not None:
         validate_requests(requests, tokenizer, max_tokens, check_duplicates=False, source=path)
     return requests

@@ -1,36 +1,37 @@
 """Target-activation search (reference §2): every request of a batch in one jitted `lax.while_loop`.
 
-For request j the search finds δ_j so that z_j = h₀_j + δ_j, written into the residual stream after block
-`z_layer` at the subject's last token, makes the model predict the new target in every context:
+For request j the search finds δ_j so that z_j = h₀_j + δ_j, written into the residual stream after
+block `z_layer` at the subject's last token, makes the model predict the new target in every
+context:
 
     L_j(δ) = NLL_j + kl_factor · KL(q_cur ‖ q₀) + weight_decay · ‖δ‖ / ‖h₀‖²        (§2.5, quirk Q1)
 
-NLL_j is the mean over the rewriting prompts (context templates × the prompt, teacher-forced with the
-target minus its last token) of the per-prompt mean token NLL; the KL term is at the subject's last token
-of "{subject} is a". Per iteration, in the reference order (§2.6):
+NLL_j is the mean over the rewriting prompts (context templates × the prompt, teacher-forced with
+the target minus its last token) of the per-prompt mean token NLL; the KL term is at the subject's
+last token of "{subject} is a". Per iteration, in the reference order (§2.6):
 
-    1. forward/loss;  2. MPES: if every target position of the MPES prompts is argmax, count += 1, stop
-    at count == patience (cumulative, quirk Q3), or the probability rule;  3. stop if L < 5e-2;
+    1. forward/loss;  2. MPES: if every target position of the MPES prompts is argmax, count += 1,
+    stop at count == patience (cumulative, quirk Q3), or the probability rule;  3. stop if L < 5e-2;
     4. stop at the last iteration (so at most num_steps - 1 Adam steps, Q4);  5. Adam step;
     6. project δ onto ‖δ‖ ≤ clamp·‖h₀‖.
 
-Batching. The rows of all requests (n_templates + 1 each, r-major) go through the model together. The
-losses of different requests are independent and Adam is elementwise, so freezing the updates of stopped
-requests reproduces request-by-request runs; the loop ends when every request has stopped. Once at most
-half of the slots are live, the live requests are compacted into a smaller batch and the loop goes on
-there (`search_targets`), so early-stopping requests (MPES) also save time inside a large batch.
+Batching. The rows of all requests (n_templates + 1 each, r-major) go through the model together.
+The losses of different requests are independent and Adam is elementwise, so freezing the updates of
+stopped requests reproduces request-by-request runs; the loop ends when every request has stopped.
+Once at most half of the slots are live, the live requests are compacted into a smaller batch and
+the loop goes on there (`search_targets`), so early-stopping requests (MPES) also save time inside a
+large batch.
 
-Doing less work than the reference: blocks 0..z_layer do not depend on δ, so their output is computed
-once and each iteration re-runs only blocks z_layer+1..; logits are computed only at the target positions
-and the KL position, not for the whole sequence; the gradient is taken with respect to δ only (no
-weight gradients).
+Doing less work than the reference: blocks 0..z_layer do not depend on δ, so their output is
+computed once and each iteration re-runs only blocks z_layer+1..; logits are computed only at the
+target positions and the KL position, not for the whole sequence; the gradient is taken with respect
+to δ only (no weight gradients).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,6 @@ import optax
 from flax import nnx
 
 from jaxedit.config import SearchConfig
-from jaxedit.shapes import bucket, bucket_pow2
 from jaxedit.models import Probe
 from jaxedit.prompts import (  # noqa: F401 (re-exported: the search's public API)
     SearchBatch,
@@ -47,6 +47,7 @@ from jaxedit.prompts import (  # noqa: F401 (re-exported: the search's public AP
     flatten_templates,
     target_token_ids,
 )
+from jaxedit.shapes import bucket_pow2
 
 Array = jax.Array
 
@@ -54,19 +55,24 @@ Array = jax.Array
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
-    """What the search returns (all `[r]`-leading arrays; history `[num_steps, r]`, NaN after the stop).
+    """What the search returns (all `[r]`-leading arrays; history `[num_steps, r]`, NaN after the
+    stop).
 
-    `stop_steps[j]` is the number of Adam steps applied to request j (= the iteration at which it stopped),
-    `target_prob[j]` the mean target probability over its rewriting prompts at that iteration.
+    `stop_steps[j]` is the number of Adam steps applied to request j (= the iteration at which it
+    stopped), `target_prob[j]` the mean target probability over its rewriting prompts at that
+    iteration.
+
+    `search_targets` returns JAX arrays; the editor holds host (numpy) arrays in one it builds for
+    given targets (no search).
     """
 
-    targets: Array  # z = h0 + delta, [r, d]
-    target_init: Array  # h0, [r, d]
-    delta: Array
-    stop_steps: Array
-    target_prob: Array
-    loss: Array  # final loss, [r]
-    history: dict[str, Array]
+    targets: Array | np.ndarray  # z = h0 + delta, [r, d]
+    target_init: Array | np.ndarray  # h0, [r, d]
+    delta: Array | np.ndarray
+    stop_steps: Array | np.ndarray
+    target_prob: Array | np.ndarray
+    loss: Array | np.ndarray  # final loss, [r]
+    history: dict[str, Array | np.ndarray]
 
 
 def _norm(x: Array) -> Array:
@@ -102,7 +108,8 @@ def _optimizer(hp: SearchConfig):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "z_layer"))
 def _prepare(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_layer: int):
-    """The clean pass (δ = 0) and the initial loop state; every context leaf is request-major `[r, ...]`.
+    """The clean pass (δ = 0) and the initial loop state; every context leaf is request-major
+    `[r, ...]`.
 
     One clean pass gives the residual after z_layer, the keys/values of the later blocks (positions
     before each row's window are unaffected by δ) and the reference distribution q0.
@@ -112,22 +119,38 @@ def _prepare(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_layer: in
     ids = batch.input_ids.reshape(r * g, t)
     mask = batch.mask.reshape(r * g, t)
     lookup = batch.lookup.reshape(r * g)
-    logits_index = batch.target_pos.reshape(r * g, -1)
-    clean = model(ids, mask, Probe(resid_layers=(z_layer,), logits_index=logits_index,
-                                   kv_layers=tuple(range(z_layer + 1, model.num_layers))))
+    logits_index = jnp.asarray(batch.target_pos).reshape(r * g, -1)  # a no-op under jit
+    clean = model(
+        ids,
+        mask,
+        Probe(
+            resid_layers=(z_layer,),
+            logits_index=logits_index,
+            kv_layers=tuple(range(z_layer + 1, model.num_layers)),
+        ),
+    )
     prefix = clean.residuals[z_layer]
     h0 = prefix.reshape(r, g, t, -1)[jnp.arange(r), 0, batch.lookup[:, 0]].astype(jnp.float32)
     start = batch.window_start.reshape(r * g)
     window_pos = start[:, None] + jnp.arange(batch.window_len)[None, :]
     window_hidden = jnp.take_along_axis(prefix, jnp.minimum(window_pos, t - 1)[:, :, None], axis=1)
-    rows = dict(ids=ids, mask=mask, hidden=window_hidden, start=start, kv=clean.kv,
-                delta_index=lookup - start, logits_index=logits_index - start[:, None])
+    rows = dict(
+        ids=ids,
+        mask=mask,
+        hidden=window_hidden,
+        start=start,
+        kv=clean.kv,
+        delta_index=lookup - start,
+        logits_index=logits_index - start[:, None],
+    )
     logp0 = jax.nn.log_softmax(clean.logits.reshape(r, g, -1, model.config.vocab_size), axis=-1)
     ctx = dict(
         rows=jax.tree.map(lambda x: _split_rows(x, r, g), rows),
-        h0=h0, h0_norm=_norm(h0),
+        h0=h0,
+        h0_norm=_norm(h0),
         kl_ref=logp0[:, g - 1, 0],  # q0 at the KL prompt, [r, v]
-        target_ids=batch.target_ids, target_mask=batch.target_mask,
+        target_ids=batch.target_ids,
+        target_mask=batch.target_mask,
     )
     init = dict(
         it=jnp.int32(0),
@@ -146,15 +169,20 @@ def _prepare(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_layer: in
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "z_layer"))
 def _run(graphdef, params, ctx, state, hp: SearchConfig, z_layer: int, min_live: Array):
-    """Search iterations on the slots of `ctx` until every slot has stopped, or (for compaction) until at
-    most `min_live` are live with at least `_COMPACT_MIN_STEPS` iterations left."""
+    """Search iterations on the slots of `ctx` until every slot has stopped, or (for compaction)
+    until at most `min_live` are live with at least `_COMPACT_MIN_STEPS` iterations left."""
     model = nnx.merge(graphdef, params)
     r, g = ctx["target_ids"].shape[:2]
     n_rw = g - 1
     rows = jax.tree.map(_merge_rows, ctx["rows"])
     window_probe = dict(
-        hidden=rows["hidden"], start_layer=z_layer + 1, window_start=rows["start"], kv_cache=rows["kv"],
-        delta_index=rows["delta_index"], delta_layer=z_layer, logits_index=rows["logits_index"],
+        hidden=rows["hidden"],
+        start_layer=z_layer + 1,
+        window_start=rows["start"],
+        kv_cache=rows["kv"],
+        delta_index=rows["delta_index"],
+        delta_layer=z_layer,
+        logits_index=rows["logits_index"],
     )
     h0_norm, kl_ref = ctx["h0_norm"], jax.lax.stop_gradient(ctx["kl_ref"])
     target_ids = ctx["target_ids"][:, :n_rw]
@@ -167,7 +195,9 @@ def _run(graphdef, params, ctx, state, hp: SearchConfig, z_layer: int, min_live:
         logits = logits.reshape(r, g, -1, model.config.vocab_size)
         logp = jax.nn.log_softmax(logits, axis=-1)
         tok = jnp.take_along_axis(logp[:, :n_rw], target_ids[..., None], axis=-1)[..., 0]
-        nll_rows = -jnp.sum(jnp.where(tmask > 0, tok, 0.0), -1) / jnp.maximum(jnp.sum(tmask, -1), 1.0)  # [r, n_rw]
+        nll_rows = -jnp.sum(jnp.where(tmask > 0, tok, 0.0), -1) / jnp.maximum(
+            jnp.sum(tmask, -1), 1.0
+        )  # [r, n_rw]
         nll = jnp.mean(nll_rows, -1)
         q = logp[:, n_rw, 0]
         kl = hp.kl_factor * jnp.sum(jnp.exp(q) * (q - kl_ref), -1)
@@ -179,7 +209,10 @@ def _run(graphdef, params, ctx, state, hp: SearchConfig, z_layer: int, min_live:
         hit_rows = hit & mpes_rows[None, :, None]
         all_correct = jnp.all(hit_rows | (tmask == 0) | ~mpes_rows[None, :, None], axis=(1, 2))
         aux = dict(
-            loss=loss, nll=nll, kl=kl, wd=wd,
+            loss=loss,
+            nll=nll,
+            kl=kl,
+            wd=wd,
             avg_prob=jnp.mean(jnp.exp(-nll_rows), -1),
             num_correct=jnp.sum(hit_rows, axis=(1, 2)).astype(jnp.int32),
             delta_norm=dnorm,
@@ -200,7 +233,8 @@ def _run(graphdef, params, ctx, state, hp: SearchConfig, z_layer: int, min_live:
         (_, aux), grad = jax.value_and_grad(loss_fn, has_aux=True)(s["delta"])
         live = ~done
         history = {
-            k: v.at[it].set(jnp.where(live, aux[k].astype(v.dtype), v[it])) for k, v in s["history"].items()
+            k: v.at[it].set(jnp.where(live, aux[k].astype(v.dtype), v[it]))
+            for k, v in s["history"].items()
         }
         count = s["count"] + (live & aux["all_correct"]).astype(jnp.int32)
         stop = jnp.zeros_like(done)
@@ -218,7 +252,11 @@ def _run(graphdef, params, ctx, state, hp: SearchConfig, z_layer: int, min_live:
         scale = jnp.where(dn > max_norm, max_norm / jnp.where(dn > 0, dn, 1.0), 1.0)
         delta = jnp.where(moving, delta * scale[:, None], delta)
         return dict(
-            it=it + 1, delta=delta, opt_state=opt_state, done=new_done, count=count,
+            it=it + 1,
+            delta=delta,
+            opt_state=opt_state,
+            done=new_done,
+            count=count,
             stop_step=jnp.where(stop, it, s["stop_step"]),
             prob=jnp.where(stop, aux["avg_prob"], s["prob"]),
             loss=jnp.where(stop, aux["loss"], s["loss"]),
@@ -230,8 +268,9 @@ def _run(graphdef, params, ctx, state, hp: SearchConfig, z_layer: int, min_live:
 
 @jax.jit
 def _take(ctx, state, idx: Array, pad: Array):
-    """The slots `idx` of the context and the loop state (history is `[steps, r]`; the optimizer state's
-    arrays are `[r, d]`, its step count a scalar); slots where `pad` is set are inert (stopped) copies."""
+    """The slots `idx` of the context and the loop state (history is `[steps, r]`; the optimizer
+    state's arrays are `[r, d]`, its step count a scalar); slots where `pad` is set are inert
+    (stopped) copies."""
     take = lambda x: x[idx]  # noqa: E731
     ctx = jax.tree.map(take, ctx)
     state = dict(state)
@@ -246,14 +285,21 @@ def _take(ctx, state, idx: Array, pad: Array):
     return ctx, state
 
 
-def search_targets(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_layer: int, *,
-                   min_bucket: int = COMPACT_MIN_BUCKET) -> SearchResult:
+def search_targets(
+    graphdef,
+    params,
+    batch: SearchBatch,
+    hp: SearchConfig,
+    z_layer: int,
+    *,
+    min_bucket: int = COMPACT_MIN_BUCKET,
+) -> SearchResult:
     """Runs the target search for every request of `batch` on the model `(graphdef, params)`.
 
-    The iterations run in jitted `lax.while_loop`s; between them the live requests are compacted into
-    smaller batches (see `COMPACT_MIN_BUCKET`; `min_bucket=0` keeps the full batch to the end). Each
-    request's trajectory does not depend on which slot or batch width it is run in, so compaction
-    changes results only by float rounding.
+    The iterations run in jitted `lax.while_loop`s; between them the live requests are compacted
+    into smaller batches (see `COMPACT_MIN_BUCKET`; `min_bucket=0` keeps the full batch to the end).
+    Each request's trajectory does not depend on which slot or batch width it is run in, so
+    compaction changes results only by float rounding.
     """
     r = batch.num_requests
     n = hp.num_steps
@@ -282,7 +328,11 @@ def search_targets(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_lay
         members, real = members[idx], ~pad
     delta = jnp.asarray(out["delta"])
     return SearchResult(
-        targets=h0 + delta, target_init=h0, delta=delta, stop_steps=jnp.asarray(out["stop_step"]),
-        target_prob=jnp.asarray(out["prob"]), loss=jnp.asarray(out["loss"]),
+        targets=h0 + delta,
+        target_init=h0,
+        delta=delta,
+        stop_steps=jnp.asarray(out["stop_step"]),
+        target_prob=jnp.asarray(out["prob"]),
+        loss=jnp.asarray(out["loss"]),
         history={k: jnp.asarray(v) for k, v in history.items()},
     )

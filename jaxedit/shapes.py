@@ -1,7 +1,7 @@
 """Shape rounding: every padded length or batch size in jaxedit comes from here.
 
-A jitted function compiles once per input shape, so host code pads prompts, answer spans, windows and
-batches to a few sizes instead of passing their exact lengths.
+A jitted function compiles once per input shape, so host code pads prompts, answer spans, windows
+and batches to a few sizes instead of passing their exact lengths.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""Closed-form weight updates of MEMIT, sequential MEMIT, ENCORE, AlphaEdit and EMMET (reference §3-§4).
+"""Closed-form weight updates of MEMIT, sequential MEMIT, ENCORE, AlphaEdit and EMMET (reference
+§3-§4).
 
 Orientation. jaxedit keeps the rewritten matrix as a Flax kernel `[d_ff, d_model]` = `[f, d]`
-(`[in, out]`), the transpose of docs/reference.md's W `[d, f]`. With keys `K: [f, n]`, spread residual
-`R: [d, n]` and the uncentred second moment `C0: [f, f]`, every solver returns the **kernel**
-increment
+(`[in, out]`), the transpose of docs/reference.md's W `[d, f]`. With keys `K: [f, n]`, spread
+residual `R: [d, n]` and the uncentred second moment `C0: [f, f]`, every solver returns the
+**kernel** increment
 
-    dW = A Rᵀ  [f, d],  the transpose of docs/reference.md's Δ = R Aᵀ (`upd_matrix = resid @ adj_k.T`).
+    dW = A Rᵀ  [f, d],  the transpose of docs/reference.md's Δ = R Aᵀ
+    (`upd_matrix = resid @ adj_k.T`).
 
 Equations (λ_p = `cov_weight` = `mom2_update_weight`, λ_n = `norm_lambda` = `update_norm_lambda`,
 S_prev = Σ_{earlier batches} K_b K_bᵀ, S_all = S_prev + K Kᵀ):
@@ -35,10 +37,10 @@ S_prev = Σ_{earlier batches} K_b K_bᵀ, S_all = S_prev + K Kᵀ):
 Precision (§4.7). Compute is float32 unless an input is float64 (which needs `jax_enable_x64`);
 then everything runs in float64, as MEMIT/ENCORE/EMMET do in the reference. Every matmul uses
 `Precision.HIGHEST` and the bodies trace under `numerics.traced_at("highest")` (whatever the model's
-or the editing config's precision), so XLA never substitutes TF32/bf16 passes on GPU/TPU. Results come back in the compute dtype; cast them
-when adding to a lower-precision kernel. A Cholesky factorisation of a matrix that is not
-numerically positive definite yields NaNs rather than an error (e.g. a rank-deficient C0 with
-λ_n = 0 and a tiny λ_p): use `method="lu"` there.
+or the editing config's precision), so XLA never substitutes TF32/bf16 passes on GPU/TPU. Results
+come back in the compute dtype; cast them when adding to a lower-precision kernel. A Cholesky
+factorisation of a matrix that is not numerically positive definite yields NaNs rather than an error
+(e.g. a rank-deficient C0 with λ_n = 0 and a tiny λ_p): use `method="lu"` there.
 
 Compilation. All functions are `jax.jit`-ed. Float hyperparameters (`cov_weight`, `norm_lambda`,
 `l2`, `emmet_lambda`, `threshold`) are traced, so a sweep over them reuses one executable (pass
@@ -119,7 +121,8 @@ def memit_adj_k(
     prev_kkt: jax.Array | None = None,
     method: SolveMethod = "cholesky",
 ) -> jax.Array:
-    """The reference's `adj_k` = (λ_p C0 + λ_n I + S_prev + K Kᵀ)⁻¹ K, `[f, n]` (reference §4.2-4.4).
+    """The reference's `adj_k` = (λ_p C0 + λ_n I + S_prev + K Kᵀ)⁻¹ K, `[f, n]` (reference
+    §4.2-4.4).
 
     Args:
       keys: K `[f, n]`, this batch's keys at the layer.
@@ -150,7 +153,8 @@ def memit_update(
     prev_kkt: jax.Array | None = None,
     method: SolveMethod = "cholesky",
 ) -> jax.Array:
-    """Kernel increment dW = A Rᵀ `[f, d]` of MEMIT / sequential MEMIT / ENCORE (reference §4.2-4.4).
+    """Kernel increment dW = A Rᵀ `[f, d]` of MEMIT / sequential MEMIT / ENCORE (reference
+    §4.2-4.4).
 
     A = `memit_adj_k(...)`; `resid` is R `[d, n]`. dW minimises
     ‖Kᵀ(W+dW) − Vᵀ‖² + λ_p‖K₀ᵀdW‖² + ‖K_pᵀdW‖² + λ_n‖dW‖²_F, i.e. it satisfies the normal equations
@@ -218,7 +222,8 @@ def alphaedit_update(
     *,
     l2: float | jax.Array,
 ) -> jax.Array:
-    """AlphaEdit kernel increment dW = X = (P S_all + λ I)⁻¹ P K Rᵀ, shape `[f, d]` (reference §4.5).
+    """AlphaEdit kernel increment dW = X = (P S_all + λ I)⁻¹ P K Rᵀ, shape `[f, d]` (reference
+    §4.5).
 
     X is already in kernel orientation (the reference writes Δ = Xᵀ into its `[d, f]` weight).
 
@@ -249,7 +254,8 @@ def emmet_adj_k(
     ridge_always: bool = False,
     method: SolveMethod = "cholesky",
 ) -> jax.Array:
-    """EMMET's A = C⁻¹ K (Kᵀ C⁻¹ K + μ I)⁻¹ `[f, n]` with C = λ_p C0 (+ λ_n I) (reference §4.6, Q15).
+    """EMMET's A = C⁻¹ K (Kᵀ C⁻¹ K + μ I)⁻¹ `[f, n]` with C = λ_p C0 (+ λ_n I) (reference §4.6,
+    Q15).
 
     The ridge μ = `emmet_lambda` is added only when n > 1 (n is static, from the shape), as in UME's
     `emmet_main.py`; `ridge_always=True` adds it for n = 1 too. `method` is the solve for C (SPD).

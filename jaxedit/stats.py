@@ -1,16 +1,18 @@
-"""Key statistics: the uncentred second moment C0 = E[k kᵀ] of the rewrite-module inputs (reference §4.1).
+"""Key statistics: the uncentred second moment C0 = E[k kᵀ] of the rewrite-module inputs (reference
+§4.1).
 
-k is the input of the MLP output projection (`down_proj` / `c_proj`) at every real token of every document;
-C0 = Σ k kᵀ / #tokens, with no mean subtraction (MEMIT's `SecondMoment`). All edited layers are measured
-in one pass over the corpus on the **unedited** model (the reference measures them lazily inside the
-first batch, after earlier layers were already edited: quirk Q12).
+k is the input of the MLP output projection (`down_proj` / `c_proj`) at every real token of every
+document; C0 = Σ k kᵀ / #tokens, with no mean subtraction (MEMIT's `SecondMoment`). All edited
+layers are measured in one pass over the corpus on the **unedited** model (the reference measures
+them lazily inside the first batch, after earlier layers were already edited: quirk Q12).
 
 Documents are tokenized one by one as the reference does (`encode(text, truncation=True,
-max_length=...)`), packed into padded batches of similar length, and accumulated by a jitted step in float32
-at highest matmul precision. Results are cached as MEMIT-style `.npz` files (`mom2.mom2`, `mom2.count`)
-under a key made of the model fingerprint (config + a strided checksum of the parameters C0 depends on),
-the layer, the corpus (path, size, mtime) and the sample count. MEMIT's published statistics import with
-`load_memit_npz`. AlphaEdit's null-space projector is cached beside C0.
+max_length=...)`), packed into padded batches of similar length, and accumulated by a jitted step in
+float32 at highest matmul precision. Results are cached as MEMIT-style `.npz` files (`mom2.mom2`,
+`mom2.count`) under a key made of the model fingerprint (config + a strided checksum of the
+parameters C0 depends on), the layer, the corpus (path, size, mtime) and the sample count. MEMIT's
+published statistics import with `load_memit_npz`. AlphaEdit's null-space projector is cached beside
+C0.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from numpy.typing import ArrayLike
 
 from jaxedit import convert
 from jaxedit.lm import LanguageModel
-from jaxedit.shapes import bucket_pow2
 from jaxedit.models import Probe
+from jaxedit.shapes import bucket_pow2
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +53,15 @@ class LayerStats:
 def model_fingerprint(model: LanguageModel, max_layer: int) -> str:
     """A short hash of the config and of every parameter that C0 at layers <= max_layer depends on.
 
-    A strided sample of each tensor (plus its shape and dtype) keeps this cheap on 8B models while any
-    real change of weights (another checkpoint, an edit) changes it.
+    A strided sample of each tensor (plus its shape and dtype) keeps this cheap on 8B models while
+    any real change of weights (another checkpoint, an edit) changes it.
     """
     h = hashlib.sha256(model.config.hf_json.encode() or repr(model.config).encode())
     if model.config.matmul_precision != "highest":  # C0 of the same weights at another precision
         h.update(model.config.matmul_precision.encode())
-    for path, value in sorted(convert.state_to_flat(model.params).items(), key=lambda kv: str(kv[0])):
+    for path, value in sorted(
+        convert.state_to_flat(model.params).items(), key=lambda kv: str(kv[0])
+    ):
         layer = next((p for p in path if isinstance(p, int)), None)
         if layer is not None and layer > max_layer:
             continue
@@ -98,14 +103,17 @@ def collect_second_moments(
     """C0 per layer from tokenized documents (each a list of ids), and the token count.
 
     Documents are grouped into batches of at most `batch_tokens` padded tokens (lengths bucketed to
-    multiples of 64 so a corpus compiles a handful of shapes). Progress is logged every `log_every` s.
+    multiples of 64 so a corpus compiles a handful of shapes). Progress is logged every
+    `log_every` s.
     """
     layers = tuple(sorted(layers))
     f = model.config.intermediate_size
     sums = tuple(jnp.zeros((f, f), jnp.float32) for _ in layers)
     count, docs_done, t_start, t_log = 0, 0, time.perf_counter(), time.perf_counter()
 
-    def length_bucket(n: int) -> int:  # powers of two from 64: a corpus compiles a handful of shapes
+    def length_bucket(
+        n: int,
+    ) -> int:  # powers of two from 64: a corpus compiles a handful of shapes
         return bucket_pow2(n, 64)
 
     pending: dict[int, list] = {}  # length bucket -> documents waiting for a full batch
@@ -117,32 +125,44 @@ def collect_second_moments(
         for i, d in enumerate(docs):
             ids[i, : len(d)] = d
             mask[i, : len(d)] = 1
-        return _accumulate(model.graphdef, model.params, sums, jnp.asarray(ids), jnp.asarray(mask), layers)
+        return _accumulate(
+            model.graphdef, model.params, sums, jnp.asarray(ids), jnp.asarray(mask), layers
+        )
 
     for doc in token_docs:
         if not len(doc):
             continue
-        doc = np.asarray(doc, np.int32)
-        t = length_bucket(len(doc))
+        doc_ids = np.asarray(doc, np.int32)
+        t = length_bucket(len(doc_ids))
         group = pending.setdefault(t, [])
-        group.append(doc)
+        group.append(doc_ids)
         if len(group) == max(1, batch_tokens // t):
             sums = flush(t, group, sums)
             pending[t] = []
-        count += len(doc)
+        count += len(doc_ids)
         docs_done += 1
         if time.perf_counter() - t_log > log_every:
             t_log = time.perf_counter()
             rate = count / (t_log - t_start)
             of = f"/{total}" if total else ""
-            log.info("key statistics: %d%s documents, %d tokens, %.0f tokens/s", docs_done, of, count, rate)
+            log.info(
+                "key statistics: %d%s documents, %d tokens, %.0f tokens/s",
+                docs_done,
+                of,
+                count,
+                rate,
+            )
     for t, group in pending.items():
         if group:
             sums = flush(t, group, sums)
     if count == 0:
         raise ValueError("the statistics corpus has no tokens")
-    log.info("key statistics: %d documents, %d tokens in %.1f s", docs_done, count,
-             time.perf_counter() - t_start)
+    log.info(
+        "key statistics: %d documents, %d tokens in %.1f s",
+        docs_done,
+        count,
+        time.perf_counter() - t_start,
+    )
     return {layer: np.asarray(s) / np.float32(count) for layer, s in zip(layers, sums)}, count
 
 
@@ -150,17 +170,22 @@ def save_npz(path: Path, cov: np.ndarray, count: int, meta: dict | None = None) 
     """MEMIT's layout: `mom2.mom2` (the *mean* k kᵀ here) and `mom2.count`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **{"mom2.mom2": cov.astype(np.float32), "mom2.count": np.int64(count),
-                     "jaxedit.meta": json.dumps(meta or {})})
+    arrays: dict[str, ArrayLike] = {
+        "mom2.mom2": cov.astype(np.float32),
+        "mom2.count": np.int64(count),
+        "jaxedit.meta": json.dumps(meta or {}),
+    }
+    # allow_pickle is numpy's default, given so that mypy does not match `**arrays` against it
+    np.savez(tmp, allow_pickle=True, **arrays)
     os.replace(tmp, path)
 
 
 def load_memit_npz(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Reads a MEMIT statistics file (`{layer}_float32_mom2_{N}.npz`).
 
-    MEMIT stores the running *sum* divided lazily: `SecondMoment.state_dict()` saves `mom2` as the sum
-    of k kᵀ with `count`; jaxedit's own files store the mean. Both are told apart by the `jaxedit.meta`
-    entry, and the mean C0 = mom2 / count is returned either way.
+    MEMIT stores the running *sum* divided lazily: `SecondMoment.state_dict()` saves `mom2` as the
+    sum of k kᵀ with `count`; jaxedit's own files store the mean. Both are told apart by the
+    `jaxedit.meta` entry, and the mean C0 = mom2 / count is returned either way.
     """
     data = np.load(path, allow_pickle=False)
     if "mom2.mom2" not in data or "mom2.count" not in data:
@@ -205,18 +230,19 @@ class StatsCache:
 def read_corpus(text: str | os.PathLike, num_samples: int) -> list[str]:
     """The first `num_samples` documents of a corpus: a `.txt` (blank-line separated), `.jsonl`
     ({"text": ...}) or folder, a raw WikiText file (`*.raw`: its paragraphs, detokenized), or
-    `hf:NAME[:CONFIG[:SPLIT]]`, a Hugging Face dataset with a "text" field (needs `datasets`; streamed,
-    in the dataset's order)."""
+    `hf:NAME[:CONFIG[:SPLIT]]`, a Hugging Face dataset with a "text" field (needs `datasets`;
+    streamed, in the dataset's order)."""
     from jaxedit import corpus
 
     if str(text).startswith("hf:"):
         return _hf_dataset_texts(str(text)[3:], num_samples)
     path = Path(text)
+    docs: Iterable[str]
     if path.suffix == ".raw":
         docs = corpus.wikitext_paragraphs(path)
     else:
         docs = corpus.read_documents(path)
-    out = []
+    out: list[str] = []
     for doc in docs:
         if len(out) >= num_samples:
             break
@@ -246,10 +272,12 @@ def _hf_dataset_texts(spec: str, num_samples: int) -> list[str]:
     try:
         import datasets
     except ImportError as err:
-        raise ImportError("stats text 'hf:...' needs the `datasets` package: pip install datasets") from err
-    name, config, split = (spec.split(":") + [None, None])[:3]
+        raise ImportError(
+            "stats text 'hf:...' needs the `datasets` package: pip install datasets"
+        ) from err
+    name, config, split = [*spec.split(":"), None, None][:3]
     ds = datasets.load_dataset(name, config or None, split=split or "train", streaming=True)
-    out = []
+    out: list[str] = []
     for row in ds:
         if len(out) >= num_samples:
             break
@@ -268,9 +296,9 @@ def layer_stats(
     null_threshold: float | None = None,
     memit_dir: str | os.PathLike | None = None,
 ):
-    """C0 for `layers` (imported from MEMIT's published files in `memit_dir`, read from the cache, or
-    computed once on this model), plus AlphaEdit projectors when `null_threshold` is given. Returns an
-    `editor.LayerStats`."""
+    """C0 for `layers` (imported from MEMIT's published files in `memit_dir`, read from the cache,
+    or computed once on this model), plus AlphaEdit projectors when `null_threshold` is given.
+    Returns an `editor.LayerStats`."""
     from jaxedit import corpus, solve
     from jaxedit.editor import LayerStats
 
@@ -292,7 +320,7 @@ def layer_stats(
             log.info("key statistics for layer %d imported from %s", layer, imported[layer])
             continue
         hit = cache.get_cov(layer) if cache else None
-        if hit is not None:
+        if cache is not None and hit is not None:
             cov[layer] = hit
             log.info("key statistics for layer %d from %s", layer, cache.cov_path(layer))
         else:
@@ -304,8 +332,17 @@ def layer_stats(
         for layer, c in new.items():
             cov[layer] = c
             if cache:
-                cache.put_cov(layer, c, count, {"text": str(text), "num_samples": num_samples,
-                                                "max_length": max_length, "tokens": count})
+                cache.put_cov(
+                    layer,
+                    c,
+                    count,
+                    {
+                        "text": str(text),
+                        "num_samples": num_samples,
+                        "max_length": max_length,
+                        "tokens": count,
+                    },
+                )
     stats = LayerStats(cov={l: jnp.asarray(c) for l, c in cov.items()})
     if null_threshold is not None:
         for layer in layers:

@@ -1,12 +1,12 @@
 """Context templates (reference §2.1): the prefixes that make keys and targets robust to context.
 
-The reference samples them from the unedited model once per process with an unseeded RNG: five seed words
-("The", "Therefore", "Because", "I", "You"), top-k 5 sampling up to 10 tokens in total, then the text is
-cleaned and turned into "<text>. {}". jaxedit takes an explicit PRNG key (reproducible) or a fixed list,
-and records the templates used with every run.
+The reference samples them from the unedited model once per process with an unseeded RNG: five seed
+words ("The", "Therefore", "Because", "I", "You"), top-k 5 sampling up to 10 tokens in total, then
+the text is cleaned and turned into "<text>. {}". jaxedit takes an explicit PRNG key (reproducible)
+or a fixed list, and records the templates used with every run.
 
-Decoding skips special tokens (the clean behaviour); the reference decodes with them kept and strips only
-`<|endoftext|>` / `<s>`, which leaves Llama-3's `<|begin_of_text|>` in (quirk Q5): pass
+Decoding skips special tokens (the clean behaviour); the reference decodes with them kept and strips
+only `<|endoftext|>` / `<s>`, which leaves Llama-3's `<|begin_of_text|>` in (quirk Q5): pass
 `keep_special_tokens=True` for that.
 """
 
@@ -49,7 +49,9 @@ def generate_templates(
     prompts = list(seeds)
     lengths = [len(model.tokenizer(p)["input_ids"]) for p in prompts]
     new = max(1, max_length - max(lengths))
-    texts = model.generate(prompts, new, top_k=top_k, key=key, keep_special_tokens=keep_special_tokens)
+    texts = model.generate(
+        prompts, new, top_k=top_k, key=key, keep_special_tokens=keep_special_tokens
+    )
     return (("{}",), tuple(clean(p + t, keep_special_tokens) for p, t in zip(prompts, texts)))
 
 

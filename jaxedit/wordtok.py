@@ -10,18 +10,154 @@ from __future__ import annotations
 
 import re
 
-_ABBREVIATIONS = frozenset("""
-mr mrs ms messrs dr prof rev hon fr sr jr st mt ft gen col lt maj sgt capt cmdr adm gov sen rep pres
-supt insp cpl pvt vs etc inc ltd co corp bros dept univ assn ave blvd rd vol vols pp approx cf al
-jan feb mar apr jun jul aug sep sept oct nov dec ph.d b.a m.a b.sc m.sc d.c a.m p.m u.s u.k u.n
-e.g i.e u.s.a
-""".split())
+_ABBREVIATIONS = frozenset(
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "messrs",
+        "dr",
+        "prof",
+        "rev",
+        "hon",
+        "fr",
+        "sr",
+        "jr",
+        "st",
+        "mt",
+        "ft",
+        "gen",
+        "col",
+        "lt",
+        "maj",
+        "sgt",
+        "capt",
+        "cmdr",
+        "adm",
+        "gov",
+        "sen",
+        "rep",
+        "pres",
+        "supt",
+        "insp",
+        "cpl",
+        "pvt",
+        "vs",
+        "etc",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "bros",
+        "dept",
+        "univ",
+        "assn",
+        "ave",
+        "blvd",
+        "rd",
+        "vol",
+        "vols",
+        "pp",
+        "approx",
+        "cf",
+        "al",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "ph.d",
+        "b.a",
+        "m.a",
+        "b.sc",
+        "m.sc",
+        "d.c",
+        "a.m",
+        "p.m",
+        "u.s",
+        "u.k",
+        "u.n",
+        "e.g",
+        "i.e",
+        "u.s.a",
+    ]
+)
 
-_SENTENCE_OPENERS = frozenset("""
-the a an he she it they we i you this that these those there here his her its their our my your in on
-at as after before when while but and however although though if for from with by to one some many most
-all what who where why how during since so then also both each other another no not yes
-""".split())
+_SENTENCE_OPENERS = frozenset(
+    [
+        "the",
+        "a",
+        "an",
+        "he",
+        "she",
+        "it",
+        "they",
+        "we",
+        "i",
+        "you",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "here",
+        "his",
+        "her",
+        "its",
+        "their",
+        "our",
+        "my",
+        "your",
+        "in",
+        "on",
+        "at",
+        "as",
+        "after",
+        "before",
+        "when",
+        "while",
+        "but",
+        "and",
+        "however",
+        "although",
+        "though",
+        "if",
+        "for",
+        "from",
+        "with",
+        "by",
+        "to",
+        "one",
+        "some",
+        "many",
+        "most",
+        "all",
+        "what",
+        "who",
+        "where",
+        "why",
+        "how",
+        "during",
+        "since",
+        "so",
+        "then",
+        "also",
+        "both",
+        "each",
+        "other",
+        "another",
+        "no",
+        "not",
+        "yes",
+    ]
+)
 
 _NUMBER = re.compile(r"^-?[.,]?\d[\d,.-]*\.?$")
 _INITIAL = re.compile(r"^[^\W\d_]\.$")
@@ -60,8 +196,8 @@ def split_sentences(text: str) -> list[str]:
     """Sentences of `text` (stripped), approximating nltk's English Punkt model (see above)."""
     out, start = [], 0
     for m in _BOUNDARY.finditer(text):
-        if _is_break(text[start:m.start()], m.group(1), m.group(4)):
-            out.append(text[start:m.start(3)].strip())
+        if _is_break(text[start : m.start()], m.group(1), m.group(4)):
+            out.append(text[start : m.start(3)].strip())
             start = m.end(3)
     out.append(text[start:].strip())
     return [s for s in out if s]
@@ -73,7 +209,8 @@ def _rule(pattern: str, repl: str, flags: int = 0) -> tuple[re.Pattern, str]:
 
 _CLOSERS = "\\])}>\"'\u00bb\u201d\u2019"
 _TREEBANK_RULES = (
-    # opening quotes: curly/guillemet/backtick, a leading ", a " after space or bracket, a ' before a word
+    # opening quotes: curly/guillemet/backtick, a leading ", a " after space or bracket,
+    # a ' before a word
     _rule("([\u00ab\u201c\u2018\u201e]|`+)", r" \1 "),
     _rule(r'^"', "``"),
     _rule("(``)", r" \1 "),
@@ -107,9 +244,16 @@ _TREEBANK_LATE_RULES = (
 # fused words split in two (Robert MacIntyre's list, as in the Penn Treebank sed script)
 _FUSED = tuple(
     _rule(rf"\b({a})({b}){end}", r" \1 \2 ", re.IGNORECASE)
-    for a, b, end in (("can", "not", r"\b"), ("d", "'ye", r"\b"), ("gim", "me", r"\b"),
-                      ("gon", "na", r"\b"), ("got", "ta", r"\b"), ("lem", "me", r"\b"),
-                      ("more", "'n", r"\b"), ("wan", "na", r"(?=\s)"))
+    for a, b, end in (
+        ("can", "not", r"\b"),
+        ("d", "'ye", r"\b"),
+        ("gim", "me", r"\b"),
+        ("gon", "na", r"\b"),
+        ("got", "ta", r"\b"),
+        ("lem", "me", r"\b"),
+        ("more", "'n", r"\b"),
+        ("wan", "na", r"(?=\s)"),
+    )
 ) + tuple(_rule(rf" ('t)({b})\b", r" \1 \2 ", re.IGNORECASE) for b in ("is", "was"))
 
 
@@ -126,17 +270,17 @@ def _treebank_tokenize(sentence: str) -> list[str]:
 def word_tokenize(text: str) -> list[str]:
     """Word tokens of `text` as `nltk.word_tokenize` (English) gives them, without nltk.
 
-    The reference scores generated texts with `nltk.word_tokenize`: Punkt sentence splitting with the
-    English model (a data download), then NLTK's improved Treebank word tokenizer on each sentence.
-    The Punkt model cannot be fetched where there is no hub access, so nltk would not work out of the
-    box anyway; and the metric needs only the tokens. This function therefore carries its own rules
-    instead of adding nltk as a dependency:
+    The reference scores generated texts with `nltk.word_tokenize`: Punkt sentence splitting with
+    the English model (a data download), then NLTK's improved Treebank word tokenizer on each
+    sentence. The Punkt model cannot be fetched where there is no hub access, so nltk would not work
+    out of the box anyway; and the metric needs only the tokens. This function therefore carries its
+    own rules instead of adding nltk as a dependency:
 
-    * `_treebank_tokenize` implements the rules of `nltk.tokenize.NLTKWordTokenizer` (nltk 3.9/3.10):
-      quotes become `` and '', punctuation, brackets and "--" are split off, a period is split off
-      only at the end of a sentence, clitics ('s, n't, 'll, ...) and a few fused words (cannot,
-      gonna, ...) are split. It agrees token for token with nltk 3.10.4's tokenizer on all 52,891
-      strings tried (the WikiText-2 test lines and 50,000 random punctuation-heavy strings);
+    * `_treebank_tokenize` implements the rules of `nltk.tokenize.NLTKWordTokenizer` (nltk
+      3.9/3.10): quotes become `` and '', punctuation, brackets and "--" are split off, a period is
+      split off only at the end of a sentence, clitics ('s, n't, 'll, ...) and a few fused words
+      (cannot, gonna, ...) are split. It agrees token for token with nltk 3.10.4's tokenizer on all
+      52,891 strings tried (the WikiText-2 test lines and 50,000 random punctuation-heavy strings);
       tests/test_metrics.py compares the two whenever nltk is importable. Older nltk releases
       (which the reference ran) differ in a few rare cases, e.g. they leave figure/en/em dashes
       attached to the words around them.

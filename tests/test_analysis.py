@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import tiny_config
 from jaxedit import analysis, models
 from jaxedit.lm import LanguageModel
 from jaxedit.models import rewrite_path
+from jaxedit.testing import tiny_config
 
 
 class _CharTokenizer:

@@ -10,9 +10,9 @@ import pytest
 from safetensors.numpy import save_file
 
 import jaxedit
-from conftest import require_shared, tiny_config
 from jaxedit import convert, models
 from jaxedit.models.config import to_hf_dict
+from jaxedit.testing import require_shared, tiny_config
 
 
 def _hf_tensors(cfg, dtype=np.float32, seed=0):

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require_shared, smollm2_tokenizer
 from jaxedit.corpus import (
     fixed_random_subset,
     is_wikitext_heading,
@@ -20,6 +19,7 @@ from jaxedit.corpus import (
     wikitext_sample,
     write_text_corpus,
 )
+from jaxedit.testing import require_shared, smollm2_tokenizer
 
 
 

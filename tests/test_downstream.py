@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from conftest import require_shared, tiny_config
 from jaxedit import downstream as ds
+from jaxedit.testing import require_shared, tiny_model
 
 # --------------------------------------------------------------------------------------------------
 # metrics
@@ -316,15 +316,9 @@ def _gpt2_tokenizer():
 
 
 def _tiny_lm(family, tokenizer, max_pos=160):
-    from flax import nnx
-
-    from jaxedit import models
-    from jaxedit.lm import LanguageModel
-
-    cfg = tiny_config(family, vocab_size=50257, max_position_embeddings=max_pos, eos_token_id=50256,
-                      bos_token_id=50256)
-    graphdef, params = nnx.split(models.build(cfg, seed=3))
-    return LanguageModel(config=cfg, tokenizer=tokenizer, graphdef=graphdef, params=params)
+    """3 blocks, unsharpened, seed 3; vocabulary and BOS/EOS (50256) from the GPT-2 tokenizer."""
+    return tiny_model(family, tokenizer, seed=3, num_layers=3, sharpened=False,
+                      max_position_embeddings=max_pos)
 
 
 def _write_data(path):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import jaxedit
-from conftest import require_shared, tiny_config
 from jaxedit import corpus, models
 from jaxedit.lm import LanguageModel
+from jaxedit.testing import require_shared, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUESTS = [

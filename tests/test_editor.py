@@ -14,11 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxedit import config, editor, solve, stats
+from jaxedit import config, editor, solve, stats, testing
 from jaxedit.models import rewrite_path
 from jaxedit.requests import EditRequest, RequestError
-from test_search import FIXED, TEMPLATES, VOCAB, lm, tiny_lm, tokenizer  # noqa: F401 (fixtures)
 
+# `lm` (tests/conftest.py): a random 4-block model of each family with the GPT-2 vocabulary; the
+# templates and the fixed-step search are test_search's.
+VOCAB = 50257  # the GPT-2 tokenizer's
+TEMPLATES = (("{}",), ("Hello. {}", "Note that {}"))
+FIXED = config.SearchConfig(lr=1.0, num_steps=12, clamp_norm_factor=4.0, loss_threshold=1e-9)
 LAYERS = (1, 2)
 COV_WEIGHT = 1.0  # small λ_p so that the tiny model's edits land
 NORM_LAMBDA = 1.0  # ENCORE's λ_n
@@ -92,8 +96,8 @@ def target_probs(lm, batch) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def llama(tokenizer):
-    return tiny_lm("llama", tokenizer)
+def llama(gpt2_tok):
+    return testing.tiny_model("llama", gpt2_tok)
 
 
 def _layer_stats(lm) -> editor.LayerStats:

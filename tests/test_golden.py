@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import require_shared
 from jaxedit import config, editor, requests, solve, stats
+from jaxedit.testing import require_shared
 
 LAYERS = (4, 5, 6, 7, 8)
 

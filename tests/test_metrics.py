@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxedit import entropy, metrics, wordtok
+from jaxedit import entropy, metrics, testing, wordtok
 
 
 def _p(new, true, new_acc=0.0, true_acc=0.0):
@@ -39,19 +39,12 @@ def test_hmean_edge_cases():
 
 def test_answer_nll_matches_direct_teacher_forcing():
     """answer_nll on a tiny model equals log-softmax read off a plain forward pass."""
-    from flax import nnx
-
-    from conftest import tiny_config
-    from jaxedit import models
-    from jaxedit.lm import LanguageModel
-
     class Tok:
         def __call__(self, text):
             return {"input_ids": [ord(c) % 61 for c in text]}
 
-    cfg = tiny_config("gpt2")
-    graphdef, params = nnx.split(models.build(cfg))
-    lm = LanguageModel(config=cfg, tokenizer=Tok(), graphdef=graphdef, params=params)
+    # 3 blocks, 61 token ids, not sharpened; Tok has no vocabulary size: it is attached afterwards
+    lm = testing.tiny_model("gpt2", num_layers=3, sharpened=False).replace(tokenizer=Tok())
     pairs = [("abc", "de"), ("hello there", "x"), ("q", "long answer")]
     nll, n, acc = metrics.answer_nll(lm, pairs, return_lengths=True, return_accuracy=True)
     for (prompt, answer), got, k, a in zip(pairs, nll, n, acc):
@@ -206,15 +199,9 @@ class _CharTok:
 
 
 def _tiny_lm(tokenizer=None, **overrides):
-    from flax import nnx
-
-    from conftest import tiny_config
-    from jaxedit import models
-    from jaxedit.lm import LanguageModel
-
-    cfg = tiny_config("llama", **overrides)
-    graphdef, params = nnx.split(models.build(cfg))
-    return LanguageModel(config=cfg, tokenizer=tokenizer or _CharTok(), graphdef=graphdef, params=params)
+    """A 3-block unsharpened tiny Llama; without a tokenizer, 61 token ids read by `_CharTok`."""
+    lm = testing.tiny_model("llama", tokenizer, num_layers=3, sharpened=False, **overrides)
+    return lm if tokenizer is not None else lm.replace(tokenizer=_CharTok())
 
 
 def test_generation_is_seeded_and_bounded():
@@ -256,11 +243,7 @@ def test_counterfact_scores_with_generation():
 
 def test_generation_with_gpt2_tokenizer_cuts_to_total_length():
     """The real GPT-2 BPE: the prompt is kept verbatim and the text has at most max_out_len tokens."""
-    import transformers
-
-    from conftest import require_shared
-
-    tok = transformers.GPT2Tokenizer.from_pretrained(str(require_shared("data", "gpt2_tokenizer")))
+    tok = testing.gpt2_tokenizer(testing.require_shared("data", "gpt2_tokenizer"))
     lm = _tiny_lm(tok, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
                   eos_token_id=tok.eos_token_id)
     prompts = ["Danielle Darrieux's mother tongue is", "Lyon is a"]

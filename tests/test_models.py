@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import tiny_config
 from jaxedit import models
 from jaxedit.models import ConfigError, ModelConfig, Probe
+from jaxedit.testing import tiny_config
 
 
 def _batch():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_shared
+from jaxedit.testing import require_shared
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "experiments" / "colab_tpu.ipynb"

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require_shared, smollm2_tokenizer
 from jaxedit import hub
 from jaxedit.requests import (
     EditRequest,
@@ -22,6 +21,7 @@ from jaxedit.requests import (
     zsre_neighborhood_prompt,
 )
 from jaxedit.prompts import subject_last_index, subject_token_mismatch, with_leading_space
+from jaxedit.testing import require_shared, smollm2_tokenizer
 
 
 NESTED = {
@@ -68,15 +68,6 @@ def error_of(fn, *args, **kwargs) -> RequestError:
     with pytest.raises(RequestError) as info:
         fn(*args, **kwargs)
     return info.value
-
-
-@pytest.fixture(scope="module")
-def gpt2_tok():
-    transformers = pytest.importorskip("transformers")
-    return transformers.GPT2Tokenizer.from_pretrained(
-        str(require_shared("data", "gpt2_tokenizer")))
-
-
 
 
 @pytest.fixture(scope="module")

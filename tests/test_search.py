@@ -11,15 +11,14 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
-from conftest import FAMILIES, require_shared, tiny_config
-from jaxedit import models, search
+from jaxedit import search
 from jaxedit.config import SearchConfig
 from jaxedit.lm import LanguageModel
 from jaxedit.requests import EditRequest
 
-VOCAB = 50257  # the GPT-2 tokenizer's; 50256 is <|endoftext|>
+# `lm` (tests/conftest.py): a random 4-block model of each family with the GPT-2 tokenizer's
+# vocabulary (50257 ids; 50256 is <|endoftext|>), `jaxedit.testing.tiny_model`.
 Z_LAYER = 2
 TEMPLATES = (("{}",), ("Hello. {}", "Note that {}"))
 # The subject ends every prompt, so the (first) target token is read right at the subject's last
@@ -34,45 +33,12 @@ FIXED = SearchConfig(lr=1.0, num_steps=12, clamp_norm_factor=4.0, loss_threshold
 MPES = dataclasses.replace(FIXED, mpes_patience=2, loss_threshold=5e-2)
 
 
-def gpt2_tokenizer():
-    from transformers import GPT2Tokenizer
-
-    return GPT2Tokenizer.from_pretrained(str(require_shared("data", "gpt2_tokenizer")))
-
-
-def _sharpen(x):
-    """The default init (normal(0, 0.02)) gives near-uniform logits over 50k tokens that no δ can
-    move; larger matrices (the vocabulary ones larger still) let δ decide the next token."""
-    if x.ndim != 2:
-        return x
-    return x * (30.0 if VOCAB in x.shape else 10.0)
-
-
-def tiny_lm(family: str, tokenizer, num_layers: int = 4) -> LanguageModel:
-    """A 4-block random model of `family` with the GPT-2 vocabulary (hidden 30, MLP 43)."""
-    cfg = tiny_config(family, vocab_size=VOCAB, num_layers=num_layers, bos_token_id=VOCAB - 1,
-                      eos_token_id=VOCAB - 1)
-    graphdef, params = nnx.split(models.build(cfg))
-    return LanguageModel(config=cfg, tokenizer=tokenizer, graphdef=graphdef,
-                         params=jax.tree.map(_sharpen, params))
-
-
 def run_search(lm: LanguageModel, requests, hp: SearchConfig, pad_to: int | None = None, **kwargs):
     """The search result as host numpy arrays."""
     batch, _ = search.build_search_batch(lm.tokenizer, requests, TEMPLATES, pad_requests_to=pad_to,
                                          max_length=lm.config.max_position_embeddings)
     res = search.search_targets(lm.graphdef, lm.params, batch, hp, Z_LAYER, **kwargs)
     return jax.tree.map(np.asarray, res)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
-def lm(request, tokenizer):
-    return tiny_lm(request.param, tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +61,7 @@ def test_loss_decreases(fixed):
         assert prob[np.isfinite(prob)][-1] > 100 * prob[0], (j, prob)
 
 
-def test_mpes_stops_early_with_lower_probability(fixed, mpes, tokenizer):
+def test_mpes_stops_early_with_lower_probability(fixed, mpes, gpt2_tok):
     n = FIXED.num_steps
     np.testing.assert_array_equal(fixed.stop_steps, n - 1)
     assert (mpes.stop_steps <= fixed.stop_steps).all(), mpes.stop_steps
@@ -104,7 +70,7 @@ def test_mpes_stops_early_with_lower_probability(fixed, mpes, tokenizer):
                                                                    fixed.target_prob)
     n_context = sum(len(group) for group in TEMPLATES[1:])
     for j, stop in enumerate(mpes.stop_steps):
-        full = n_context * len(search.target_token_ids(tokenizer, REQUESTS[j].target_new))
+        full = n_context * len(search.target_token_ids(gpt2_tok, REQUESTS[j].target_new))
         # Same trajectory as the fixed-step search up to the stop, nothing recorded after it.
         np.testing.assert_allclose(mpes.history["loss"][: stop + 1, j],
                                    fixed.history["loss"][: stop + 1, j], rtol=1e-5)

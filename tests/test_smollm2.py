@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from conftest import require_shared
 from jaxedit import Probe
+from jaxedit.testing import require_shared
 
 
 def test_paris(smollm2):

@@ -13,9 +13,9 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import require_shared
 
 from jaxedit import solve
+from jaxedit.testing import require_shared
 
 F, D, N = 23, 13, 5  # d_ff, d_model, edits: distinct primes so a transposed axis cannot pass
 TOP = 15  # rank of the covariance's "large" subspace in the AlphaEdit fixture; F - TOP = null dims

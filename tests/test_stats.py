@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import tiny_config
 from jaxedit import corpus, models, stats
 from jaxedit.lm import LanguageModel
+from jaxedit.testing import tiny_config
 
 
 class _CharTokenizer:

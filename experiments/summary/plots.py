@@ -140,7 +140,7 @@ def plot_downstream(runs: list[Run], metric: str, path: Path, styles: dict | Non
     tasks = [t for t in _task_order(runs) if any(t in s for s in series.values())]
     if not tasks:
         return False
-    keys = tasks + ["mean"]
+    keys = [*tasks, "mean"]
     plt = _plt()
     styles = styles or _styles(series)
     fig, axes = _panels(plt, len(keys))

@@ -56,7 +56,7 @@ def summarize(
         lab = labels[i] if i < len(labels) and labels[i] else None
         try:
             loaded.append(load_run(p, lab))
-        except Exception as err:  # noqa: BLE001 - a broken run must not stop the summary
+        except Exception as err:
             notes.append(f"{p}: could not be read ({err.__class__.__name__}: {err}), skipped")
     _unique_labels(loaded)
     for r in loaded:
@@ -89,7 +89,7 @@ def summarize(
             try:
                 if job(out / name):
                     files.append(name)
-            except Exception as err:  # noqa: BLE001 - a plot failure must not lose the tables
+            except Exception as err:
                 notes.append(f"plot {name} failed: {err.__class__.__name__}: {err}")
 
     md = ["# Sequential editing summary", ""]

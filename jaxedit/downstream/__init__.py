@@ -1,5 +1,6 @@
-"""Downstream few-shot evaluation (reference §7): SST-2, MRPC, CoLA, RTE, NLI, MMLU, SentimentAnalysis
-and Dialogue, scored by greedy generation (`f1`, `mcc`) and by answer likelihood (`f1_new`).
+"""Downstream few-shot evaluation (reference §7): SST-2, MRPC, CoLA, RTE, NLI, MMLU,
+SentimentAnalysis and Dialogue, scored by greedy generation (`f1`, `mcc`) and by answer likelihood
+(`f1_new`).
 
     from jaxedit import downstream
     res = downstream.evaluate_downstream(model, "sst2,mrpc", "../shared/data/downstream")

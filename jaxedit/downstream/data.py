@@ -37,8 +37,9 @@ def load_items(task: str, data_dir: str | os.PathLike) -> list[dict]:
 def split_items(items: Sequence[dict], num_few_shots: int, num_tests: int | None):
     """(few-shots, tests): items[:num_few_shots] of the pool and items[10 : 10 + num_tests]."""
     if not 0 <= num_few_shots <= FEW_SHOT_POOL:
-        raise ValueError(f"num_few_shots={num_few_shots}: the few-shot pool has "
-                         f"{FEW_SHOT_POOL} items")
+        raise ValueError(
+            f"num_few_shots={num_few_shots}: the few-shot pool has {FEW_SHOT_POOL} items"
+        )
     available = len(items) - FEW_SHOT_POOL
     if num_tests is None:
         num_tests = available
@@ -53,8 +54,9 @@ def _read_mmlu_csv(path: Path) -> list[dict]:
     bad = [i for i, r in enumerate(rows) if len(r) != 6]
     if bad:
         raise ValueError(f"{path}: row {bad[0]} does not have 6 columns (question,A,B,C,D,answer)")
-    return [{"question": r[0], "choices": r[1:5], "answer": r[5], "subject": path.stem}
-            for r in rows]
+    return [
+        {"question": r[0], "choices": r[1:5], "answer": r[5], "subject": path.stem} for r in rows
+    ]
 
 
 def load_full_mmlu(mmlu_dir: str | os.PathLike, num_few_shots: int, num_tests: int | None):
@@ -77,7 +79,8 @@ def load_full_mmlu(mmlu_dir: str | os.PathLike, num_few_shots: int, num_tests: i
     num_tests = total if num_tests is None else num_tests
     if not 0 < num_tests <= total:
         raise ValueError(f"num_tests={num_tests}: full MMLU has {total} test questions")
-    shots_out, tests_out = [], []
+    shots_out: list[list[dict]] = []
+    tests_out: list[dict] = []
     for j in range(max(len(t) for _, t in per_subject)):
         for shots, tests in per_subject:
             if j < len(tests) and len(tests_out) < num_tests:

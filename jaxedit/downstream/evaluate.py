@@ -1,5 +1,6 @@
-"""Downstream evaluation over the model (reference §7): the prediction passes (a shared-context KV-cache
-path and the plain one), `predict`, and the entry points `evaluate_task` / `evaluate_downstream`.
+"""Downstream evaluation over the model (reference §7): the prediction passes (a shared-context
+KV-cache path and the plain one), `predict`, and the entry points `evaluate_task` /
+`evaluate_downstream`.
 
     from jaxedit import downstream
     res = downstream.evaluate_downstream(model, "sst2,mrpc", "../shared/data/downstream")
@@ -31,6 +32,7 @@ back to the OS after each batch).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -87,28 +89,34 @@ def _prefill(graphdef, params, ids, lengths, start, ctx_kv, cand, window):
         pair = []
         for x in ctx_kv[i]:
             c = min(x.shape[1], t)
-            full = jnp.zeros((b, t) + x.shape[2:], x.dtype)
-            pair.append(full.at[:, :c].set(jnp.broadcast_to(x[:, :c], (b, c) + x.shape[2:])))
+            full = jnp.zeros((b, t, *x.shape[2:]), x.dtype)
+            pair.append(full.at[:, :c].set(jnp.broadcast_to(x[:, :c], (b, c, *x.shape[2:]))))
         cache[i] = tuple(pair)
     mask = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.int32)
     qpos = start[:, None] + jnp.arange(window, dtype=jnp.int32)[None, :]
-    out = model(ids, mask, Probe(window_start=start, window_size=window, kv_cache=cache,
-                                 kv_layers=layers, logits_index=(lengths - 1 - start)[:, None]))
+    out = model(
+        ids,
+        mask,
+        Probe(
+            window_start=start,
+            window_size=window,
+            kv_cache=cache,
+            kv_layers=layers,
+            logits_index=(lengths - 1 - start)[:, None],
+        ),
+    )
     cache = {i: tuple(merge_cache(c, n, qpos) for c, n in zip(cache[i], out.kv[i])) for i in layers}
     logits = out.logits[:, 0]
     cand_logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), cand, axis=-1)
     return cand_logp, logits, cache
 
 
-
 def _release_host_memory() -> None:
     """Hands freed heap pages back to the OS. glibc keeps them otherwise, and the K/V caches of long
     prompts (hundreds of MB per batch) then leave the process several GB larger after each task.
     A no-op without glibc."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -119,6 +127,13 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def _prompt_ids(p: Prompt) -> list[int]:
+    """The token ids of a prompt (`predict` tokenizes the prompts built without them)."""
+    if p.ids is None:
+        raise ValueError("a prompt without token ids: tokenize it first (see `predict`)")
+    return p.ids
+
+
 def _decode_new(model, toks: Sequence[int]) -> str:
     toks = list(toks)
     if model.eos_id in toks:
@@ -126,20 +141,28 @@ def _decode_new(model, toks: Sequence[int]) -> str:
     return model.tokenizer.decode([t for t in toks if t >= 0], skip_special_tokens=True)
 
 
-def _fast_pass(model, prompts: Sequence[Prompt], cand: np.ndarray, gen_len: int, batch_size: int,
-               max_context: int, min_share: int = 2):
+def _fast_pass(
+    model,
+    prompts: Sequence[Prompt],
+    cand: np.ndarray,
+    gen_len: int,
+    batch_size: int,
+    max_context: int,
+    min_share: int = 2,
+):
     """Continuations and candidate log-probs for all prompts, sharing each few-shot context's K/V.
 
     Prompts whose context is shared by fewer than `min_share` prompts run without a cached context
     (their window covers the whole prompt)."""
     tok = model.tokenizer
     n = len(prompts)
+    prompt_ids = [_prompt_ids(p) for p in prompts]
     groups: dict[str, list[int]] = {}
     for j, p in enumerate(prompts):
         groups.setdefault(p.context if p.context else "", []).append(j)
     solo = [j for ctx, js in groups.items() if len(js) < min_share or not ctx for j in js]
     shared = {ctx: js for ctx, js in groups.items() if len(js) >= min_share and ctx}
-    plan = [(ctx, js) for ctx, js in shared.items()] + ([("", solo)] if solo else [])
+    plan = list(shared.items()) + ([("", solo)] if solo else [])
     cand_logp = np.zeros(cand.shape, np.float64)
     continuations = [""] * n
     eos, key = jnp.int32(model.eos_id), jax.random.key(0)  # greedy: the key is not used
@@ -153,8 +176,8 @@ def _fast_pass(model, prompts: Sequence[Prompt], cand: np.ndarray, gen_len: int,
         buf = np.full((1, c_pad), model.pad_id, np.int32)
         buf[0, : len(ctx_ids)] = ctx_ids
         kv = _context_kv(model.graphdef, model.params, jnp.asarray(buf))
-        shared_len = [_common_prefix(prompts[j].ids, ctx_ids) if ctx else 0 for j in js]
-        lens = [len(prompts[j].ids) for j in js]
+        shared_len = [_common_prefix(prompt_ids[j], ctx_ids) if ctx else 0 for j in js]
+        lens = [len(prompt_ids[j]) for j in js]
         # the token buffer: prompt + gen_len - 1 fed-back tokens, within the context where possible
         t = min(bucket(max(lens) + gen_len - 1, 64), max(max_context, max(lens)))
         order = np.argsort([lens[k] - shared_len[k] for k in range(len(js))], kind="stable")
@@ -166,16 +189,26 @@ def _fast_pass(model, prompts: Sequence[Prompt], cand: np.ndarray, gen_len: int,
             window = min(bucket(max(lens[k] - shared_len[k] for k in sel)), t)
             ids = np.full((rows, t), model.pad_id, np.int32)
             for r, k in enumerate(sel_pad):
-                ids[r, : lens[k]] = prompts[js[k]].ids
+                ids[r, : lens[k]] = prompt_ids[js[k]]
             length = np.array([lens[k] for k in sel_pad], np.int32)
-            start = np.array([min(shared_len[k], lens[k] - 1, t - window) for k in sel_pad],
-                             np.int32)
+            start = np.array(
+                [min(shared_len[k], lens[k] - 1, t - window) for k in sel_pad], np.int32
+            )
             cidx = np.array([cand[js[k]] for k in sel_pad], np.int32)
-            ids, length = jnp.asarray(ids), jnp.asarray(length)
-            lp, logits, cache = _prefill(model.graphdef, model.params, ids, length,
-                                         jnp.asarray(start), kv, jnp.asarray(cidx), window)
-            _, toks = decode_loop(model.graphdef, model.params, ids, length, cache, logits, eos,
-                                  gen_len, key, 0)
+            ids_d, length_d = jnp.asarray(ids), jnp.asarray(length)
+            lp, logits, cache = _prefill(
+                model.graphdef,
+                model.params,
+                ids_d,
+                length_d,
+                jnp.asarray(start),
+                kv,
+                jnp.asarray(cidx),
+                window,
+            )
+            _, toks = decode_loop(
+                model.graphdef, model.params, ids_d, length_d, cache, logits, eos, gen_len, key, 0
+            )
             del cache
             lp, toks = np.asarray(lp), np.asarray(toks)
             _release_host_memory()
@@ -195,7 +228,8 @@ def _single_token_candidates(model, prompts: Sequence[Prompt], words: Sequence[s
     for j, p in enumerate(prompts):
         for k in range(len(words)):
             f = full[j * len(words) + k]
-            if len(f) == len(p.ids) + 1 and f[: len(p.ids)] == p.ids:
+            p_ids = _prompt_ids(p)
+            if len(f) == len(p_ids) + 1 and f[: len(p_ids)] == p_ids:
                 cand[j, k] = f[-1]
             else:
                 ok[j] = False
@@ -223,34 +257,40 @@ def predict(
         raise ValueError(f"gen_len={gen_len}: must be >= 1")
     max_context = max_context or model.config.max_position_embeddings
     if model.config.family == "gpt2" and max_context > model.config.max_position_embeddings:
-        raise ValueError(f"max_context={max_context} exceeds the learned position table "
-                         f"({model.config.max_position_embeddings})")
+        raise ValueError(
+            f"max_context={max_context} exceeds the learned position table "
+            f"({model.config.max_position_embeddings})"
+        )
     missing = [p for p in prompts if p.ids is None]
     for p, i in zip(missing, token_ids(model.tokenizer, [p.text for p in missing])):
         p.ids = i
-    too_long = [len(p.ids) for p in prompts if len(p.ids) > max_context]
+    prompt_lens = [len(_prompt_ids(p)) for p in prompts]
+    too_long = [n for n in prompt_lens if n > max_context]
     if too_long:
-        raise ValueError(f"task {task.name}: a prompt of {max(too_long)} tokens exceeds the "
-                         f"context ({max_context} tokens) even without few-shots")
+        raise ValueError(
+            f"task {task.name}: a prompt of {max(too_long)} tokens exceeds the "
+            f"context ({max_context} tokens) even without few-shots"
+        )
     words = task.words
     nll = np.full((len(prompts), len(words)), np.nan)
     if fast:
         cand, ok = _single_token_candidates(model, prompts, words)
-        continuations, cand_logp = _fast_pass(model, prompts, cand, gen_len, batch_size,
-                                              max_context)
+        continuations, cand_logp = _fast_pass(
+            model, prompts, cand, gen_len, batch_size, max_context
+        )
         nll[ok] = -cand_logp[ok]
         rest = np.flatnonzero(~ok)
     else:
         continuations = [""] * len(prompts)
-        order = np.argsort([len(p.ids) for p in prompts], kind="stable")
+        order = np.argsort(prompt_lens, kind="stable")
         for s0 in range(0, len(prompts), batch_size):
             sel = order[s0 : s0 + batch_size]
-            outs = model.generate([prompts[j].text for j in sel], gen_len)
+            outs = model.generate([prompts[int(j)].text for j in sel], gen_len)
             for j, o in zip(sel, outs):
                 continuations[j] = o
         rest = np.arange(len(prompts))
     if len(rest):
-        pairs = [(prompts[j].text, w) for j in rest for w in words]
+        pairs = [(prompts[int(j)].text, w) for j in rest for w in words]
         scores = metrics.answer_nll(model, pairs, batch_size=max(8, batch_size * len(words)))
         nll[rest] = np.asarray(scores).reshape(len(rest), len(words))
     preds = [task.parse(c, quirks, p.text) for c, p in zip(continuations, prompts)]
@@ -260,7 +300,6 @@ def predict(
 
 # --------------------------------------------------------------------------------------------------
 # entry point
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,32 +353,68 @@ def evaluate_task(
         shots, tests = load_full_mmlu(mmlu_source, num_few_shots, num_tests)
     else:
         shots, tests = split_items(load_items(name, data_dir), num_few_shots, num_tests)
-    prompts = build_prompts(spec, shots, tests, quirks=quirks, tokenizer=model.tokenizer,
-                            max_context=max_context, gen_len=gen_len)
-    out = predict(model, spec, prompts, quirks=quirks, gen_len=gen_len, batch_size=batch_size,
-                  max_context=max_context, fast=fast)
+    prompts = build_prompts(
+        spec,
+        shots,
+        tests,
+        quirks=quirks,
+        tokenizer=model.tokenizer,
+        max_context=max_context,
+        gen_len=gen_len,
+    )
+    out = predict(
+        model,
+        spec,
+        prompts,
+        quirks=quirks,
+        gen_len=gen_len,
+        batch_size=batch_size,
+        max_context=max_context,
+        fast=fast,
+    )
     _release_host_memory()
     labels = [p.label for p in prompts]
     res = score_predictions(labels, out["preds"], out["preds_new"])
-    res.update(num_few_shots=num_few_shots, gen_len=gen_len, quirks=quirks,
-               few_shots_dropped=int(sum(p.num_shots < num_few_shots for p in prompts)),
-               time_s=time.perf_counter() - t0)
+    res.update(
+        num_few_shots=num_few_shots,
+        gen_len=gen_len,
+        quirks=quirks,
+        few_shots_dropped=int(sum(p.num_shots < num_few_shots for p in prompts)),
+        time_s=time.perf_counter() - t0,
+    )
     if name == "mmlu":
         res["mmlu_source"] = str(mmlu_source)
     if details:
         res["records"] = [
-            {"label": y, "pred": a, "pred_new": b, "continuation": c,
-             "nll": [float(x) for x in row], "num_shots": p.num_shots}
-            for y, a, b, c, row, p in zip(labels, out["preds"], out["preds_new"],
-                                          out["continuations"], out["nll"], prompts)]
-    log.info("downstream %s: f1 %.3f f1_new %.3f mcc %.3f correct %d/%d invalid %d (%.1f s)", name,
-             res["f1"], res["f1_new"], res["mcc"], res["correct"], res["total"], res["invalid"],
-             res["time_s"])
+            {
+                "label": y,
+                "pred": a,
+                "pred_new": b,
+                "continuation": c,
+                "nll": [float(x) for x in row],
+                "num_shots": p.num_shots,
+            }
+            for y, a, b, c, row, p in zip(
+                labels, out["preds"], out["preds_new"], out["continuations"], out["nll"], prompts
+            )
+        ]
+    log.info(
+        "downstream %s: f1 %.3f f1_new %.3f mcc %.3f correct %d/%d invalid %d (%.1f s)",
+        name,
+        res["f1"],
+        res["f1_new"],
+        res["mcc"],
+        res["correct"],
+        res["total"],
+        res["invalid"],
+        res["time_s"],
+    )
     return res
 
 
-def evaluate_downstream(model, tasks: str | Sequence[str], data_dir: str | os.PathLike,
-                        **options) -> dict[str, dict]:
+def evaluate_downstream(
+    model, tasks: str | Sequence[str], data_dir: str | os.PathLike, **options
+) -> dict[str, dict]:
     """Few-shot downstream scores of `model`: {task: `evaluate_task` result}.
 
     Args:

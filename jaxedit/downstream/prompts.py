@@ -1,5 +1,5 @@
-"""Few-shot prompt building (reference §7): a prompt is the concatenated few-shot strings followed by
-the test question, which ends at the answer cue ("Answer:", "Sentiment :", ...). Few-shots are
+"""Few-shot prompt building (reference §7): a prompt is the concatenated few-shot strings followed
+by the test question, which ends at the answer cue ("Answer:", "Sentiment :", ...). Few-shots are
 dropped from the end when the prompt would not fit the model's context (`max_position_embeddings`
 unless `max_context` is given), by the rule of the quirk mode (`jaxedit.downstream.tasks`, quirk 6).
 """
@@ -93,7 +93,7 @@ def build_prompts(
         return out
 
     # clean: the largest n whose tokenized prompt + gen_len fits
-    out = [None] * len(tests)
+    built: dict[int, Prompt] = {}
     pending = list(range(len(tests)))
     n_shots = {j: len(shot_lists[j]) for j in pending}
     while pending:
@@ -105,9 +105,9 @@ def build_prompts(
         still = []
         for j, (ctx, text), i in zip(pending, texts, ids):
             if len(i) + gen_len <= max_context or n_shots[j] == 0:
-                out[j] = Prompt(text, ctx, questions[j], labels[j], n_shots[j], i)
+                built[j] = Prompt(text, ctx, questions[j], labels[j], n_shots[j], i)
             else:
                 n_shots[j] -= 1
                 still.append(j)
         pending = still
-    return out
+    return [built[j] for j in range(len(tests))]  # each test leaves `pending` once built

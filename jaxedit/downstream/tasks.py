@@ -1,5 +1,5 @@
-"""The downstream task registry (reference §7): each task's answer words, prompt text, label mapping and
-parse of a generated continuation, in both quirk modes, and the resolution of task names.
+"""The downstream task registry (reference §7): each task's answer words, prompt text, label mapping
+and parse of a generated continuation, in both quirk modes, and the resolution of task names.
 
 Class indices are the positions in `Task.words`: 1 = Yes / positive / True for the binary tasks,
 A..D = 0..3. The reference writes the MMLU result under the JSON key "mmmlu" (three m's); this
@@ -49,6 +49,7 @@ import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 QUIRKS = ("clean", "reference")
 DEFAULT_GEN_LEN = 3
@@ -103,8 +104,10 @@ def _choices_block(choices, sep: str) -> str:
     return "".join(f"({letter}){sep}{text}\n" for letter, text in zip("ABCD", c))
 
 
-_SENTIMENT_PREFIX = ("For each snippet of text,label the sentiment of the text as positive or "
-                     "negative.The answer should be exact 'positive' or 'negative'. text:")
+_SENTIMENT_PREFIX = (
+    "For each snippet of text,label the sentiment of the text as positive or "
+    "negative.The answer should be exact 'positive' or 'negative'. text:"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,62 +172,103 @@ class Task:
             return -1
         return [w.lower() for w in self.words].index(m.group(1).lower())
 
-    def likelihood_choice(self, nll: Sequence[float]) -> int:
+    def likelihood_choice(self, nll: ArrayLike) -> int:
         """The class whose word has the lowest mean NLL (reference tie rules)."""
-        nll = np.asarray(nll, np.float64)
+        scores = np.asarray(nll, np.float64)
         if not self.multiple_choice:
-            return 1 if nll[1] < nll[0] else 0
-        best = int(np.argmin(nll))
-        return best if int(np.sum(nll == nll[best])) == 1 else -1
+            return 1 if scores[1] < scores[0] else 0
+        best = int(np.argmin(scores))
+        return best if int(np.sum(scores == scores[best])) == 1 else -1
 
 
 def _yes_no(stem, cue="Answer:", reference_question=None) -> dict:
-    return {"words": ("No", "Yes"), "stem": stem, "label": lambda it, q: _binary(it["label"]),
-            "cue": cue, "reference_order": (("yes", 1), ("no", 0)),
-            "reference_question": reference_question}
+    return {
+        "words": ("No", "Yes"),
+        "stem": stem,
+        "label": lambda it, q: _binary(it["label"]),
+        "cue": cue,
+        "reference_order": (("yes", 1), ("no", 0)),
+        "reference_question": reference_question,
+    }
 
 
 _LETTERS = (("a\n", 0), ("b\n", 1), ("c\n", 2), ("d\n", 3))
 
 TASKS: dict[str, Task] = {
     "sst2": Task(
-        name="sst2", words=("negative", "positive"),
+        name="sst2",
+        words=("negative", "positive"),
         stem=lambda it: f"Review : {it['sentence']}\nSentiment :",
         reference_question=lambda it: f"Review :{it['sentence']}\nSentiment :",
-        label=lambda it, q: _binary(it["label"]), cue="Sentiment :",
-        reference_order=(("positive", 1), ("negative", 0))),
-    "mrpc": Task(name="mrpc", **_yes_no(
-        lambda it: ("Are the sentences paraphrases of each other.\n"
-                    f"Sentence 1: {it['sentence1']}\nSentence 2: {it['sentence2']}\nAnswer:"))),
-    "cola": Task(name="cola", **_yes_no(
-        lambda it: ("Is this sentence linguistically acceptable?\n"
-                    f"Sentence: {it['sentence']}\nAnswer:"),
-        reference_question=lambda it: ("Is this sentence linguistically acceptable?\n"
-                                       f"Sentence: {it['sentence']}\nAnswer: "))),
+        label=lambda it, q: _binary(it["label"]),
+        cue="Sentiment :",
+        reference_order=(("positive", 1), ("negative", 0)),
+    ),
+    "mrpc": Task(
+        name="mrpc",
+        **_yes_no(
+            lambda it: (
+                "Are the sentences paraphrases of each other.\n"
+                f"Sentence 1: {it['sentence1']}\nSentence 2: {it['sentence2']}\nAnswer:"
+            )
+        ),
+    ),
+    "cola": Task(
+        name="cola",
+        **_yes_no(
+            lambda it: (
+                f"Is this sentence linguistically acceptable?\nSentence: {it['sentence']}\nAnswer:"
+            ),
+            reference_question=lambda it: (
+                f"Is this sentence linguistically acceptable?\nSentence: {it['sentence']}\nAnswer: "
+            ),
+        ),
+    ),
     "rte": Task(
-        name="rte", words=("False", "True"),
+        name="rte",
+        words=("False", "True"),
         stem=lambda it: f"{it['sentence1']}\nquestion: {it['sentence2']} True or False?\nanswer:",
-        label=_rte_label, cue="answer:", reference_order=(("false", 0), ("true", 1))),
+        label=_rte_label,
+        cue="answer:",
+        reference_order=(("false", 0), ("true", 1)),
+    ),
     "nli": Task(
-        name="nli", words=("False", "True"),
+        name="nli",
+        words=("False", "True"),
         stem=lambda it: f"{it['sentence1']} entails the {it['sentence2']} True or False? Answer:",
-        label=lambda it, q: 1 if it["label"] == "entailment" else 0, cue="True or False? Answer:",
-        reference_order=(("true", 1), ("false", 0))),
+        label=lambda it, q: 1 if it["label"] == "entailment" else 0,
+        cue="True or False? Answer:",
+        reference_order=(("true", 1), ("false", 0)),
+    ),
     "mmlu": Task(
-        name="mmlu", words=("A", "B", "C", "D"),
+        name="mmlu",
+        words=("A", "B", "C", "D"),
         stem=lambda it: f"Question: {it['question']}\n{_choices_block(it['choices'], ' ')}Answer:",
-        label=lambda it, q: _letter_index(it["answer"]), cue=None, reference_order=_LETTERS),
+        label=lambda it, q: _letter_index(it["answer"]),
+        cue=None,
+        reference_order=_LETTERS,
+    ),
     "sentiment_analysis": Task(
-        name="sentiment_analysis", words=("negative", "positive"),
+        name="sentiment_analysis",
+        words=("negative", "positive"),
         stem=lambda it: f"{_SENTIMENT_PREFIX} {it['sentence']} answer:",
-        label=lambda it, q: _binary(it["label"]), cue="answer:",
-        reference_order=(("positive", 1), ("negative", 0))),
+        label=lambda it, q: _binary(it["label"]),
+        cue="answer:",
+        reference_order=(("positive", 1), ("negative", 0)),
+    ),
     "dialogue": Task(
-        name="dialogue", words=("A", "B", "C", "D"),
-        stem=lambda it: (f"Q: Given the following: {it['article']}\nWhich choice is correct?\n"
-                         f"{_choices_block(it['options'], '')}Answer:"),
-        label=lambda it, q: _letter_index(it["answers"]), cue=None, reference_order=_LETTERS,
-        terminator="\n\n", drop_margin=5),
+        name="dialogue",
+        words=("A", "B", "C", "D"),
+        stem=lambda it: (
+            f"Q: Given the following: {it['article']}\nWhich choice is correct?\n"
+            f"{_choices_block(it['options'], '')}Answer:"
+        ),
+        label=lambda it, q: _letter_index(it["answers"]),
+        cue=None,
+        reference_order=_LETTERS,
+        terminator="\n\n",
+        drop_margin=5,
+    ),
 }
 TASK_NAMES = tuple(TASKS)
 DEFAULT_TASKS = ("nli", "sst2", "mmlu", "mrpc", "cola", "rte")  # the reference's default selection
@@ -236,7 +280,7 @@ def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
     a registry name ("sst" -> sst2, "sentiment" -> sentiment_analysis), as the reference's substring
     flags allow; "mmmlu" is accepted for mmlu. Order kept, duplicates dropped."""
     if isinstance(tasks, str):
-        tasks = [t for t in tasks.split(",")]
+        tasks = tasks.split(",")
     out = []
     for raw in tasks:
         t = raw.strip().lower()
@@ -250,8 +294,9 @@ def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
             hits = [n for n in TASK_NAMES if t in n]
             if len(hits) != 1:
                 why = "is ambiguous between " + ", ".join(hits) if hits else "is not a known task"
-                raise ValueError(f"downstream task {raw!r} {why}; "
-                                 f"valid names: {', '.join(TASK_NAMES)}")
+                raise ValueError(
+                    f"downstream task {raw!r} {why}; valid names: {', '.join(TASK_NAMES)}"
+                )
             name = hits[0]
         if name not in out:
             out.append(name)

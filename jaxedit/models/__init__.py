@@ -1,4 +1,5 @@
-"""Flax NNX models for the Llama and GPT-2 families, and what the editor needs to know about each."""
+"""Flax NNX models for the Llama and GPT-2 families, and what the editor needs to know about
+each."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def build_abstract(config: ModelConfig, *, dtype=jnp.float32) -> CausalLM:
 
 
 def rewrite_path(config: ModelConfig, layer: int) -> tuple:
-    """State path of the MLP output projection kernel `[d_ff, d_model]` edited by MEMIT-style methods."""
+    """State path of the MLP output projection kernel `[d_ff, d_model]` edited by MEMIT-style
+    methods."""
     if config.family == "llama":
         return ("model", "layers", layer, "mlp", "down_proj", "kernel")
     return ("transformer", "h", layer, "mlp", "c_proj", "kernel")

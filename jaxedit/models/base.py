@@ -1,28 +1,31 @@
 """The forward contract shared by both families: interventions and taps as data, no hooks.
 
-A `Probe` says, for one forward pass, what to add to the residual stream and what to read from it; the
-answer comes back in a `ModelOutput`. This replaces the reference code's `nethook.TraceDict` string hooks:
+A `Probe` says, for one forward pass, what to add to the residual stream and what to read from it;
+the answer comes back in a `ModelOutput`. This replaces the reference code's `nethook.TraceDict`
+string hooks:
 
 * (a) `delta` `[b, d]` is added to the residual stream *after* block `delta_layer`, at token
-  `delta_index[b]` of each row (the target-activation search patches h_L at the subject's last token);
-* (b) `key_layers`: the input of the MLP output projection (`down_proj` / `c_proj`, MEMIT's keys k) at those
-  layers, `[b, f]` gathered at `read_index` or `[b, t, f]` when `read_index` is None;
-* (c) `resid_layers`: the residual stream after those blocks (after any delta), `[b, d]` or `[b, t, d]`.
+  `delta_index[b]` of each row (the target-activation search patches h_L at the subject's last
+  token);
+* (b) `key_layers`: the input of the MLP output projection (`down_proj` / `c_proj`, MEMIT's keys k)
+  at those layers, `[b, f]` gathered at `read_index` or `[b, t, f]` when `read_index` is None;
+* (c) `resid_layers`: the residual stream after those blocks (after any delta), `[b, d]` or
+  `[b, t, d]`.
 
 Switches that let the editor do less work: `start_layer` with `hidden` resumes the pass from a
-residual stream cached after block `start_layer - 1` (the search only re-runs the blocks after the edited
-one), `stop_layer` ends it after that block without computing logits, and `logits_index` `[b, p]` computes
-logits only at the positions a loss needs (the full `[b, t, v]` logits of a 128k vocabulary are the
-largest tensor of a forward pass).
+residual stream cached after block `start_layer - 1` (the search only re-runs the blocks after the
+edited one), `stop_layer` ends it after that block without computing logits, and `logits_index`
+`[b, p]` computes logits only at the positions a loss needs (the full `[b, t, v]` logits of a 128k
+vocabulary are the largest tensor of a forward pass).
 
 Window mode (`window_start` + `kv_cache`): `hidden` `[b, w, d]` is the residual after block
 `start_layer - 1` at positions `window_start[b] + arange(w)` only; each later block attends with the
-window's queries over the full-length keys/values of an earlier pass (`kv_layers`), with the window's own
-keys/values written in. Positions before the window are not recomputed: when a delta is added at the
-window's first token, nothing before it changes (causality), so this gives the full pass's results at
-the window positions. `delta_index`, `read_index` and `logits_index` then count within the window.
-With `start_layer == 0` (no `hidden`), the window's `window_size` tokens are read from `input_ids` and
-embedded: one decoding step over a KV cache.
+window's queries over the full-length keys/values of an earlier pass (`kv_layers`), with the
+window's own keys/values written in. Positions before the window are not recomputed: when a delta is
+added at the window's first token, nothing before it changes (causality), so this gives the full
+pass's results at the window positions. `delta_index`, `read_index` and `logits_index` then count
+within the window. With `start_layer == 0` (no `hidden`), the window's `window_size` tokens are read
+from `input_ids` and embedded: one decoding step over a KV cache.
 
 All positions count from the left (right padding): `positions = arange(t)` for every row.
 """
@@ -54,7 +57,9 @@ class Probe:
     delta_index: Array | None = None  # [b] token that receives `delta`
     hidden: Array | None = None  # [b, t, d] residual after block start_layer - 1
     logits_index: Array | None = None  # [b, p] positions where logits are computed
-    window_start: Array | None = None  # [b] window mode: `hidden` covers positions start + arange(w)
+    window_start: Array | None = (
+        None  # [b] window mode: `hidden` covers positions start + arange(w)
+    )
     kv_cache: dict | None = None  # window mode: {layer: (k, v)} full-length, from a previous pass
     delta_layer: int = _static(-1)
     key_layers: tuple[int, ...] = _static(())
@@ -99,9 +104,27 @@ class CausalLM(nnx.Module):
     def _setup(self, cfg) -> None:
         """Checks the config's family and records what the block loop needs."""
         if cfg.family != self.family:
-            raise ValueError(f"{type(self).__name__} needs a {self.family} config, got family={cfg.family!r}")
+            raise ValueError(
+                f"{type(self).__name__} needs a {self.family} config, got family={cfg.family!r}"
+            )
         self.config = cfg
         self.num_layers = cfg.num_layers
+
+    # The family's parts, defined by each subclass.
+    def embed(self, input_ids: Array, positions: Array) -> Array:
+        raise NotImplementedError
+
+    def context(self, positions: Array, mask: Array, query_pos: Array | None = None) -> dict:
+        raise NotImplementedError
+
+    def block(self, i: int, h: Array, ctx: dict, cache=None) -> tuple[Array, dict]:
+        raise NotImplementedError
+
+    def final_norm(self, h: Array) -> Array:
+        raise NotImplementedError
+
+    def unembed(self, h: Array) -> Array:
+        raise NotImplementedError
 
     def __call__(
         self,
@@ -133,18 +156,23 @@ class CausalLM(nnx.Module):
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), jnp.int32)
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        window = probe.window_start is not None
-        if window:
+        window_start = probe.window_start
+        window = window_start is not None
+        if window_start is not None:
             if probe.kv_cache is None or (probe.start_layer > 0) != (probe.hidden is not None):
-                raise ValueError("window mode needs kv_cache, and hidden [b, w, d] exactly when "
-                                 "start_layer > 0 (from layer 0: window_size tokens of input_ids)")
+                raise ValueError(
+                    "window mode needs kv_cache, and hidden [b, w, d] exactly when "
+                    "start_layer > 0 (from layer 0: window_size tokens of input_ids)"
+                )
             w = probe.hidden.shape[1] if probe.hidden is not None else probe.window_size
-            query_pos = probe.window_start[:, None] + jnp.arange(w, dtype=jnp.int32)[None, :]
+            query_pos = window_start[:, None] + jnp.arange(w, dtype=jnp.int32)[None, :]
             ctx = self.context(positions, attention_mask, query_pos)
         else:
             ctx = self.context(positions, attention_mask)
         if probe.start_layer == 0 and window:  # embed only the window's tokens (KV-cached decoding)
-            h = self.embed(jnp.take_along_axis(input_ids, jnp.minimum(query_pos, t - 1), axis=1), query_pos)
+            h = self.embed(
+                jnp.take_along_axis(input_ids, jnp.minimum(query_pos, t - 1), axis=1), query_pos
+            )
         elif probe.start_layer == 0:
             h = self.embed(input_ids, positions)
         else:
@@ -156,7 +184,9 @@ class CausalLM(nnx.Module):
             bad = [i for i in layer if i >= 0 and not probe.start_layer - 1 <= i <= last]
             bad += [i for i in layer if i == probe.start_layer - 1 and layer is probe.key_layers]
             if bad:
-                raise ValueError(f"probe layers {bad} outside the blocks run [{probe.start_layer}, {last}]")
+                raise ValueError(
+                    f"probe layers {bad} outside the blocks run [{probe.start_layer}, {last}]"
+                )
         keys, residuals, kv = {}, {}, {}
 
         def after_block(i, h):
@@ -168,8 +198,9 @@ class CausalLM(nnx.Module):
 
         if probe.start_layer > 0:  # the cached residual is the output of block start_layer - 1
             h = after_block(probe.start_layer - 1, h)
+        window_cache = probe.kv_cache if window else None  # set in window mode (checked above)
         for i in range(probe.start_layer, last + 1):
-            h, aux = self.block(i, h, ctx, probe.kv_cache[i] if window else None)
+            h, aux = self.block(i, h, ctx, None if window_cache is None else window_cache[i])
             if i in probe.key_layers:
                 keys[i] = _gather_rows(aux["keys"], probe.read_index)
             if i in probe.kv_layers:

@@ -1,13 +1,14 @@
 """Model configuration parsed from a Hugging Face `config.json`, for both families.
 
-`transformers` is never used to read configs: v5 moved RoPE settings from the top-level `rope_theta` /
-`rope_scaling` keys into a `rope_parameters` dict, and checkpoints in the wild carry either layout. We parse
-both here and reject, by name, every feature the Flax models do not implement (attention or MLP biases in
-Llama, rope types other than `default`/`llama3`, GPT-2 cross attention...), instead of silently computing
-something else (penzai's whitelist idea).
+`transformers` is never used to read configs: v5 moved RoPE settings from the top-level `rope_theta`
+/ `rope_scaling` keys into a `rope_parameters` dict, and checkpoints in the wild carry either
+layout. We parse both here and reject, by name, every feature the Flax models do not implement
+(attention or MLP biases in Llama, rope types other than `default`/`llama3`, GPT-2 cross
+attention...), instead of silently computing something else (penzai's whitelist idea).
 
 `ModelConfig` is frozen and hashable: it is the static half of a model and may be passed as a static
-argument to `jax.jit`. The original JSON text is kept (`hf_json`) so that export writes it back unchanged.
+argument to `jax.jit`. The original JSON text is kept (`hf_json`) so that export writes it back
+unchanged.
 """
 
 from __future__ import annotations
@@ -92,16 +93,15 @@ class ModelConfig:
         return to_hf_dict(self)
 
     @classmethod
-    def from_hf(cls, cfg: dict | str) -> "ModelConfig":
+    def from_hf(cls, cfg: dict | str) -> ModelConfig:
         """Parses a Hugging Face config (dict or JSON text) of a Llama or GPT-2 checkpoint."""
-        if isinstance(cfg, str):
-            cfg = json.loads(cfg)
-        model_type = cfg.get("model_type")
-        text = json.dumps(cfg, indent=2, sort_keys=True)
+        data: dict = json.loads(cfg) if isinstance(cfg, str) else cfg
+        model_type = data.get("model_type")
+        text = json.dumps(data, indent=2, sort_keys=True)
         if model_type == "llama":
-            return _llama_from_hf(cfg, text)
+            return _llama_from_hf(data, text)
         if model_type == "gpt2":
-            return _gpt2_from_hf(cfg, text)
+            return _gpt2_from_hf(data, text)
         raise ConfigError(
             f"config.json model_type={model_type!r} is not supported: jaxedit implements 'llama' "
             "(Llama 2/3, SmolLM, ...) and 'gpt2'"
@@ -119,6 +119,8 @@ def _rope_settings(cfg: dict) -> tuple[float, tuple[tuple[str, Any], ...] | None
     params = dict(cfg.get("rope_parameters") or {})
     scaling = cfg.get("rope_scaling") or {}
     theta = cfg.get("rope_theta", params.get("rope_theta", 10000.0))
+    if theta is None:
+        raise ConfigError("config.json has rope_theta=null: expected a number")
     merged = {**scaling, **params}
     rope_type = merged.get("rope_type", merged.get("type", "default"))
     if rope_type == "default":
@@ -143,7 +145,8 @@ def _llama_from_hf(cfg: dict, text: str) -> ModelConfig:
     if act != "silu":
         raise ConfigError(f"config.json hidden_act={act!r}: jaxedit's Llama implements only 'silu'")
     if cfg.get("pretraining_tp", 1) not in (1, None):
-        # HF computes the same function with tp>1 (sliced matmuls); numerics differ only by rounding.
+        # HF computes the same function with tp>1 (sliced matmuls); numerics differ only by
+        # rounding.
         pass
     theta, scaling = _rope_settings(cfg)
     heads = cfg["num_attention_heads"]
@@ -255,7 +258,9 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
     Mirrors HF `_compute_default_rope_parameters`, then `llama3_scale` when `rope_scaling` is set.
     """
     dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+    inv_freq = 1.0 / (
+        config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim)
+    )
     inv_freq = inv_freq.astype(np.float32)
     if not config.rope_scaling:
         return inv_freq

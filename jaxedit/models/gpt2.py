@@ -1,8 +1,8 @@
 """GPT-2 causal LM as `flax.nnx` modules with Hugging Face attribute names.
 
-Learned positions, pre-LayerNorm blocks, fused `c_attn` (q|k|v along the output axis), `gelu_new` MLP and
-a head tied to `wte`. HF's `Conv1D.weight` is already `[in, out]`, so kernels here equal the checkpoint
-tensors with no transpose; `transformer.h.17.mlp.c_proj.weight` is
+Learned positions, pre-LayerNorm blocks, fused `c_attn` (q|k|v along the output axis), `gelu_new`
+MLP and a head tied to `wte`. HF's `Conv1D.weight` is already `[in, out]`, so kernels here equal the
+checkpoint tensors with no transpose; `transformer.h.17.mlp.c_proj.weight` is
 `('transformer', 'h', 17, 'mlp', 'c_proj', 'kernel')`.
 """
 
@@ -51,8 +51,12 @@ class GPT2Attention(nnx.Module):
 
 class GPT2MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
-        self.c_fc = Dense(cfg.hidden_size, cfg.intermediate_size, use_bias=True, dtype=dtype, rngs=rngs)
-        self.c_proj = Dense(cfg.intermediate_size, cfg.hidden_size, use_bias=True, dtype=dtype, rngs=rngs)
+        self.c_fc = Dense(
+            cfg.hidden_size, cfg.intermediate_size, use_bias=True, dtype=dtype, rngs=rngs
+        )
+        self.c_proj = Dense(
+            cfg.intermediate_size, cfg.hidden_size, use_bias=True, dtype=dtype, rngs=rngs
+        )
 
     def __call__(self, x: Array) -> tuple[Array, Array]:
         keys = gelu_new(self.c_fc(x))  # MEMIT's k: input of c_proj

@@ -1,9 +1,9 @@
 """Leaf modules and numerics shared by both families.
 
-Kernels are stored `[in, out]` (Flax orientation); Hugging Face `nn.Linear.weight` is `[out, in]` and the
-converter owns that transpose (GPT-2's `Conv1D.weight` is already `[in, out]`). Norms, softmax and RoPE run
-in float32 whatever the parameter dtype, as in the Hugging Face implementations, so fp32 logits match the
-PyTorch reference to ~1e-5.
+Kernels are stored `[in, out]` (Flax orientation); Hugging Face `nn.Linear.weight` is `[out, in]`
+and the converter owns that transpose (GPT-2's `Conv1D.weight` is already `[in, out]`). Norms,
+softmax and RoPE run in float32 whatever the parameter dtype, as in the Hugging Face
+implementations, so fp32 logits match the PyTorch reference to ~1e-5.
 
 Einsum letters: b batch rows, t/s time, d model dim, f MLP dim, v vocab, h query heads, k kv heads,
 g query heads per kv head, e head dim.
@@ -107,8 +107,8 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 def attention_bias(mask: Array, q_len: int | None = None) -> Array:
     """Additive causal + key-padding bias `[b, 1, t, t]` in float32 (0 keep, finfo.min drop).
 
-    Right padding is assumed: positions are counted from the left, and a padded query row only attends
-    to real tokens before it, so it never produces NaNs.
+    Right padding is assumed: positions are counted from the left, and a padded query row only
+    attends to real tokens before it, so it never produces NaNs.
     """
     t = mask.shape[-1]
     causal = jnp.tril(jnp.ones((t, t), dtype=bool))
@@ -117,8 +117,8 @@ def attention_bias(mask: Array, q_len: int | None = None) -> Array:
 
 
 def window_bias(mask: Array, query_pos: Array) -> Array:
-    """Additive bias `[b, 1, w, t]` for queries at absolute positions `query_pos [b, w]` over all `t` keys:
-    a key is visible if it is real (mask) and not after the query."""
+    """Additive bias `[b, 1, w, t]` for queries at absolute positions `query_pos [b, w]` over all
+    `t` keys: a key is visible if it is real (mask) and not after the query."""
     t = mask.shape[-1]
     keep = (jnp.arange(t)[None, None, :] <= query_pos[:, :, None]) & mask[:, None, :].astype(bool)
     return jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min)[:, None, :, :]

@@ -1,9 +1,9 @@
 """Llama-family causal LM as `flax.nnx` modules with Hugging Face attribute names.
 
 Covers Llama 2/3 and SmolLM: RMSNorm, rotate-half RoPE (with Llama-3 `rope_scaling`), grouped-query
-attention, SwiGLU MLP, explicit `head_dim`, tied or untied head. A state path reads like the HF parameter
-name: `model.layers.5.mlp.down_proj.weight` is `('model', 'layers', 5, 'mlp', 'down_proj', 'kernel')`,
-stored transposed (`[in, out]`).
+attention, SwiGLU MLP, explicit `head_dim`, tied or untied head. A state path reads like the HF
+parameter name: `model.layers.5.mlp.down_proj.weight` is
+`('model', 'layers', 5, 'mlp', 'down_proj', 'kernel')`, stored transposed (`[in, out]`).
 """
 
 from __future__ import annotations
@@ -117,7 +117,12 @@ class LlamaForCausalLM(base.CausalLM):
         cos, sin = rope_tables(np.asarray(self.inv_freq, np.float32), pos)
         if query_pos is None:
             return {"cos": cos, "sin": sin, "bias": attention_bias(mask)}
-        return {"cos": cos, "sin": sin, "bias": window_bias(mask, query_pos), "query_pos": query_pos}
+        return {
+            "cos": cos,
+            "sin": sin,
+            "bias": window_bias(mask, query_pos),
+            "query_pos": query_pos,
+        }
 
     def block(self, i: int, h: Array, ctx: dict, cache=None) -> tuple[Array, dict]:
         return self.model.layers[i](h, ctx, cache)

@@ -202,55 +202,37 @@ class EditConfig:
             raise ValueError(f"solve.solver={self.solve.solver!r}: 'cholesky' or 'lu'")
 
 
-# Reference hparams JSON name -> (section, our name). `prob_cutoff` is handled separately.
-REFERENCE_NAMES = {
-    "layers": (None, "layers"),
-    "v_lr": ("search", "lr"),
-    "v_num_grad_steps": ("search", "num_steps"),
-    "v_weight_decay": ("search", "weight_decay"),
-    "kl_factor": ("search", "kl_factor"),
-    "clamp_norm_factor": ("search", "clamp_norm_factor"),
-    "mom2_update_weight": ("solve", "cov_weight"),
-    "update_norm_lambda": ("solve", "norm_lambda"),
-    "add_prev_edits": ("solve", "add_prev_edits"),
-    "nullspace_threshold": ("solve", "nullspace_threshold"),
-    "L2": ("solve", "l2"),
-    "emmet_lambda": ("solve", "emmet_lambda"),
-    "mom2_n_samples": ("stats", "num_samples"),
+# Reference hparams JSON name, our section ("-" = top level), our name. `prob_cutoff` is handled
+# separately (`from_reference_hparams`).
+_REFERENCE_TABLE = """
+    layers               -       layers
+    v_lr                 search  lr
+    v_num_grad_steps     search  num_steps
+    v_weight_decay       search  weight_decay
+    kl_factor            search  kl_factor
+    clamp_norm_factor    search  clamp_norm_factor
+    mom2_update_weight   solve   cov_weight
+    update_norm_lambda   solve   norm_lambda
+    add_prev_edits       solve   add_prev_edits
+    nullspace_threshold  solve   nullspace_threshold
+    L2                   solve   l2
+    emmet_lambda         solve   emmet_lambda
+    mom2_n_samples       stats   num_samples
+"""
+REFERENCE_NAMES: dict[str, tuple[str | None, str]] = {
+    ref: (None if section == "-" else section, ours)
+    for ref, section, ours in (row.split() for row in _REFERENCE_TABLE.strip().splitlines())
 }
 # Reference fields that carry model internals or are unused (reference Q22); accepted and ignored.
-IGNORED_REFERENCE_NAMES = {
-    "layer_selection",
-    "fact_token",
-    "v_loss_layer",
-    "rewrite_module_tmp",
-    "layer_module_tmp",
-    "mlp_module_tmp",
-    "attn_module_tmp",
-    "ln_f_module",
-    "lm_head_module",
-    "mom2_dataset",
-    "mom2_dtype",
-    "mom2_adjustment",
-    "calculate_objective_value",
-    "calculate_norm",
-    "calculate_norms",
-    "norm_control",
-    "dynamic_multiplier",
-    "random_vector_preservation",
-    "use_gd",
-    "grad_desc_lr",
-    "grad_desc_steps",
-    "gd_lambda",
-    "spectral_norm",
-    "condition_num",
-    "algo_name",
-    "dataset",
-    "sequential",
-    "model_name",
-    "stats_dir",
-    "alg_name",
-}
+IGNORED_REFERENCE_NAMES = frozenset(
+    """
+layer_selection fact_token v_loss_layer rewrite_module_tmp layer_module_tmp mlp_module_tmp
+attn_module_tmp ln_f_module lm_head_module mom2_dataset mom2_dtype mom2_adjustment
+calculate_objective_value calculate_norm calculate_norms norm_control dynamic_multiplier
+random_vector_preservation use_gd grad_desc_lr grad_desc_steps gd_lambda spectral_norm
+condition_num algo_name dataset sequential model_name stats_dir alg_name
+""".split()
+)
 
 
 def from_reference_hparams(

@@ -39,53 +39,39 @@ from jaxedit.models import ModelConfig, build_abstract
 _T = "transpose"
 _I = "identity"
 
-# (HF name template, state path template, transform). `{n}` is a layer number, `{a|b|c}` one of the
-# listed words; both sides use the same placeholders in the same order, so each rule inverts itself.
-_LLAMA_RULES: list[tuple[str, str, str]] = [
-    ("model.embed_tokens.weight", "model/embed_tokens/embedding", _I),
-    (
-        "model.layers.{n}.self_attn.{q|k|v|o}_proj.weight",
-        "model/layers/{n}/self_attn/{q|k|v|o}_proj/kernel",
-        _T,
-    ),
-    (
-        "model.layers.{n}.mlp.{gate|up|down}_proj.weight",
-        "model/layers/{n}/mlp/{gate|up|down}_proj/kernel",
-        _T,
-    ),
-    (
-        "model.layers.{n}.{input_layernorm|post_attention_layernorm}.weight",
-        "model/layers/{n}/{input_layernorm|post_attention_layernorm}/scale",
-        _I,
-    ),
-    ("model.norm.weight", "model/norm/scale", _I),
-    ("lm_head.weight", "lm_head/kernel", _T),
-]
-_LLAMA_IGNORED = re.compile(r".*rotary_emb\.inv_freq")
 
-_GPT2_RULES: list[tuple[str, str, str]] = [
-    ("transformer.{wte|wpe}.weight", "transformer/{wte|wpe}/embedding", _I),
-    ("transformer.h.{n}.{ln_1|ln_2}.weight", "transformer/h/{n}/{ln_1|ln_2}/scale", _I),
-    ("transformer.h.{n}.{ln_1|ln_2}.bias", "transformer/h/{n}/{ln_1|ln_2}/bias", _I),
-    (
-        "transformer.h.{n}.attn.{c_attn|c_proj}.weight",
-        "transformer/h/{n}/attn/{c_attn|c_proj}/kernel",
-        _I,
-    ),
-    (
-        "transformer.h.{n}.attn.{c_attn|c_proj}.bias",
-        "transformer/h/{n}/attn/{c_attn|c_proj}/bias",
-        _I,
-    ),
-    (
-        "transformer.h.{n}.mlp.{c_fc|c_proj}.weight",
-        "transformer/h/{n}/mlp/{c_fc|c_proj}/kernel",
-        _I,
-    ),
-    ("transformer.h.{n}.mlp.{c_fc|c_proj}.bias", "transformer/h/{n}/mlp/{c_fc|c_proj}/bias", _I),
-    ("transformer.ln_f.weight", "transformer/ln_f/scale", _I),
-    ("transformer.ln_f.bias", "transformer/ln_f/bias", _I),
+def _rule(family: str, hf: str, leaf: str, transform: str) -> tuple[str, tuple[str, str, str]]:
+    """One row of `_RULES`: (family, (HF name template, state path template, transform)).
+
+    The state path is the HF module path with `/` separators and the Flax leaf name (`kernel`,
+    `scale`, `embedding`, `bias`) for the last part. `{n}` is a layer number, `{a|b|c}` one of the
+    listed words; both sides use the same placeholders in the same order, so each rule inverts
+    itself."""
+    return family, (hf, hf.rsplit(".", 1)[0].replace(".", "/") + "/" + leaf, transform)
+
+
+# GPT-2's Conv1D weights are already [in, out]: nothing of GPT-2 is transposed.
+_RULES = [
+    _rule("llama", "model.embed_tokens.weight", "embedding", _I),
+    _rule("llama", "model.layers.{n}.self_attn.{q|k|v|o}_proj.weight", "kernel", _T),
+    _rule("llama", "model.layers.{n}.mlp.{gate|up|down}_proj.weight", "kernel", _T),
+    _rule("llama", "model.layers.{n}.input_layernorm.weight", "scale", _I),
+    _rule("llama", "model.layers.{n}.post_attention_layernorm.weight", "scale", _I),
+    _rule("llama", "model.norm.weight", "scale", _I),
+    _rule("llama", "lm_head.weight", "kernel", _T),
+    _rule("gpt2", "transformer.{wte|wpe}.weight", "embedding", _I),
+    _rule("gpt2", "transformer.h.{n}.{ln_1|ln_2}.weight", "scale", _I),
+    _rule("gpt2", "transformer.h.{n}.{ln_1|ln_2}.bias", "bias", _I),
+    _rule("gpt2", "transformer.h.{n}.attn.{c_attn|c_proj}.weight", "kernel", _I),
+    _rule("gpt2", "transformer.h.{n}.attn.{c_attn|c_proj}.bias", "bias", _I),
+    _rule("gpt2", "transformer.h.{n}.mlp.{c_fc|c_proj}.weight", "kernel", _I),
+    _rule("gpt2", "transformer.h.{n}.mlp.{c_fc|c_proj}.bias", "bias", _I),
+    _rule("gpt2", "transformer.ln_f.weight", "scale", _I),
+    _rule("gpt2", "transformer.ln_f.bias", "bias", _I),
 ]
+_LLAMA_RULES = [rule for family, rule in _RULES if family == "llama"]
+_GPT2_RULES = [rule for family, rule in _RULES if family == "gpt2"]
+_LLAMA_IGNORED = re.compile(r".*rotary_emb\.inv_freq")
 _GPT2_IGNORED = re.compile(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight")
 
 _PLACEHOLDER = re.compile(r"\{([^}]*)\}")

@@ -233,25 +233,15 @@ class Editor:
                 keys, resid, proj, prev + solve.key_gram(keys), l2=float(s.l2)
             )
         cov = self.stats.cov[layer].astype(keys.dtype)
+        # Python floats: the solvers trace them, so another λ does not recompile.
+        options = dict(
+            cov_weight=float(s.cov_weight), norm_lambda=float(s.norm_lambda), method=method
+        )
         if m == "EMMET":
             return solve.emmet_update(
-                keys,
-                resid,
-                cov,
-                cov_weight=float(s.cov_weight),
-                norm_lambda=float(s.norm_lambda),
-                emmet_lambda=float(s.emmet_lambda),
-                method=method,
+                keys, resid, cov, emmet_lambda=float(s.emmet_lambda), **options
             )
-        return solve.memit_update(
-            keys,
-            resid,
-            cov,
-            cov_weight=float(s.cov_weight),
-            norm_lambda=float(s.norm_lambda),
-            prev_kkt=prev,
-            method=method,
-        )
+        return solve.memit_update(keys, resid, cov, prev_kkt=prev, **options)
 
     def apply(
         self, state: EditState, requests: Sequence[EditRequest], targets: np.ndarray | None = None

@@ -179,18 +179,8 @@ def build_search_batch(
     needed = np.where(target_mask > 0, target_pos, lookup[:, :, None])
     window_start = np.minimum(lookup, needed.min(-1)).astype(np.int32)
     window_len = bucket(int((np.maximum(lookup, needed.max(-1)) - window_start).max() + 1), 8)
-    batch = SearchBatch(
-        input_ids=input_ids,
-        mask=mask,
-        lookup=lookup,
-        target_pos=target_pos,
-        target_ids=target_ids,
-        target_mask=target_mask,
-        valid=valid,
-        window_start=window_start,
-        window_len=window_len,
-    )
-    return batch, infos
+    arrays = (input_ids, mask, lookup, target_pos, target_ids, target_mask, valid, window_start)
+    return SearchBatch(*arrays, window_len=window_len), infos
 
 
 @jax.tree_util.register_dataclass

@@ -293,32 +293,24 @@ def _duplicate_problems(
         key_id = (type(request.case_id).__name__, request.case_id)
         if key_id in seen_ids:
             j, _ = seen_ids[key_id]
-            problems.append(
-                Problem(
-                    i,
-                    request.case_id,
-                    "case_id",
-                    f"case_id {request.case_id!r} is already used by record {j}",
-                    "give every request its own case_id",
-                )
-            )
+            msg = f"case_id {request.case_id!r} is already used by record {j}"
+            fix = "give every request its own case_id"
+            problems.append(Problem(i, request.case_id, "case_id", msg, fix))
         else:
             seen_ids[key_id] = (i, request.case_id)
         if prompts:
             key = (request.prompt, request.subject)
             if key in seen_prompts:
                 j, other = seen_prompts[key]
-                problems.append(
-                    Problem(
-                        i,
-                        request.case_id,
-                        "prompt",
-                        f"same prompt and subject ({request.filled_prompt()!r}) as record {j} "
-                        f"(case_id {other!r}) in one batch",
-                        "edit each prompt+subject once per batch: drop one, or put them in "
-                        "different batches",
-                    )
+                msg = (
+                    f"same prompt and subject ({request.filled_prompt()!r}) as record {j} "
+                    f"(case_id {other!r}) in one batch"
                 )
+                fix = (
+                    "edit each prompt+subject once per batch: drop one, or put them in "
+                    "different batches"
+                )
+                problems.append(Problem(i, request.case_id, "prompt", msg, fix))
             else:
                 seen_prompts[key] = (i, request.case_id)
     return problems

@@ -143,32 +143,17 @@ def memit_adj_k(
 
 @functools.partial(jax.jit, static_argnames=("method",))
 @traced_at(HIGHEST)
-def memit_update(
-    keys: jax.Array,
-    resid: jax.Array,
-    cov: jax.Array,
-    *,
-    cov_weight: float | jax.Array,
-    norm_lambda: float | jax.Array = 0.0,
-    prev_kkt: jax.Array | None = None,
-    method: SolveMethod = "cholesky",
-) -> jax.Array:
+def memit_update(keys: jax.Array, resid: jax.Array, cov: jax.Array, **options: Any) -> jax.Array:
     """Kernel increment dW = A Rᵀ `[f, d]` of MEMIT / sequential MEMIT / ENCORE (reference
     §4.2-4.4).
 
-    A = `memit_adj_k(...)`; `resid` is R `[d, n]`. dW minimises
+    A = `memit_adj_k(keys, cov, **options)`; `resid` is R `[d, n]`; `options` are the keyword
+    arguments of `memit_adj_k` (`cov_weight`, `norm_lambda`, `prev_kkt`, `method`). dW minimises
     ‖Kᵀ(W+dW) − Vᵀ‖² + λ_p‖K₀ᵀdW‖² + ‖K_pᵀdW‖² + λ_n‖dW‖²_F, i.e. it satisfies the normal equations
-    (λ_p C0 + S_prev + λ_n I + K Kᵀ) dW = K Rᵀ. See `memit_adj_k` for the other arguments.
+    (λ_p C0 + S_prev + λ_n I + K Kᵀ) dW = K Rᵀ.
     """
-    dtype = _compute_dtype(keys, resid, cov, prev_kkt)
-    adj_k = memit_adj_k(
-        keys.astype(dtype),
-        cov.astype(dtype),
-        cov_weight=cov_weight,
-        norm_lambda=norm_lambda,
-        prev_kkt=prev_kkt,
-        method=method,
-    )
+    dtype = _compute_dtype(keys, resid, cov, options.get("prev_kkt"))
+    adj_k = memit_adj_k(keys.astype(dtype), cov.astype(dtype), **options)
     return _mm(adj_k, resid.astype(dtype).T)
 
 
@@ -248,9 +233,9 @@ def emmet_adj_k(
     keys: jax.Array,
     cov: jax.Array,
     *,
+    emmet_lambda: float | jax.Array = 0.1,
     cov_weight: float | jax.Array,
     norm_lambda: float | jax.Array = 0.0,
-    emmet_lambda: float | jax.Array = 0.1,
     ridge_always: bool = False,
     method: SolveMethod = "cholesky",
 ) -> jax.Array:

@@ -112,8 +112,13 @@ def tiny_model(
     graphdef, params = nnx.split(build(cfg, seed=seed))
     if sharpened:
         params = sharpen(params, cfg.vocab_size)
-    return LanguageModel(config=cfg, tokenizer=tokenizer, graphdef=graphdef, params=params,
-                         source=f"tiny-{family}-seed{seed}")
+    return LanguageModel(
+        config=cfg,
+        tokenizer=tokenizer,
+        graphdef=graphdef,
+        params=params,
+        source=f"tiny-{family}-seed{seed}",
+    )
 
 
 def gpt2_tokenizer(path: str | os.PathLike):

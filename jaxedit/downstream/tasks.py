@@ -181,15 +181,25 @@ class Task:
         return best if int(np.sum(scores == scores[best])) == 1 else -1
 
 
-def _yes_no(stem, cue="Answer:", reference_question=None) -> dict:
+def _binary_task(words: tuple[str, str], stem, cue, reference_question=None) -> dict:
+    """The fields of a two-class task whose items carry `label` 0/1: `words` = (class 0, class 1);
+    the reference lists the words in the order class 1, class 0 (lower-cased)."""
     return {
-        "words": ("No", "Yes"),
+        "words": words,
         "stem": stem,
         "label": lambda it, q: _binary(it["label"]),
         "cue": cue,
-        "reference_order": (("yes", 1), ("no", 0)),
+        "reference_order": ((words[1].lower(), 1), (words[0].lower(), 0)),
         "reference_question": reference_question,
     }
+
+
+def _sentiment(stem, cue, reference_question=None) -> dict:
+    return _binary_task(("negative", "positive"), stem, cue, reference_question)
+
+
+def _yes_no(stem, cue="Answer:", reference_question=None) -> dict:
+    return _binary_task(("No", "Yes"), stem, cue, reference_question)
 
 
 _LETTERS = (("a\n", 0), ("b\n", 1), ("c\n", 2), ("d\n", 3))
@@ -197,12 +207,11 @@ _LETTERS = (("a\n", 0), ("b\n", 1), ("c\n", 2), ("d\n", 3))
 TASKS: dict[str, Task] = {
     "sst2": Task(
         name="sst2",
-        words=("negative", "positive"),
-        stem=lambda it: f"Review : {it['sentence']}\nSentiment :",
-        reference_question=lambda it: f"Review :{it['sentence']}\nSentiment :",
-        label=lambda it, q: _binary(it["label"]),
-        cue="Sentiment :",
-        reference_order=(("positive", 1), ("negative", 0)),
+        **_sentiment(
+            lambda it: f"Review : {it['sentence']}\nSentiment :",
+            "Sentiment :",
+            reference_question=lambda it: f"Review :{it['sentence']}\nSentiment :",
+        ),
     ),
     "mrpc": Task(
         name="mrpc",
@@ -250,11 +259,7 @@ TASKS: dict[str, Task] = {
     ),
     "sentiment_analysis": Task(
         name="sentiment_analysis",
-        words=("negative", "positive"),
-        stem=lambda it: f"{_SENTIMENT_PREFIX} {it['sentence']} answer:",
-        label=lambda it, q: _binary(it["label"]),
-        cue="answer:",
-        reference_order=(("positive", 1), ("negative", 0)),
+        **_sentiment(lambda it: f"{_SENTIMENT_PREFIX} {it['sentence']} answer:", "answer:"),
     ),
     "dialogue": Task(
         name="dialogue",

@@ -94,6 +94,20 @@ def add_at(h: Array, index: Array, delta: Array) -> Array:
     return h + onehot[:, :, None] * delta[:, None, :].astype(h.dtype)
 
 
+def pre_norm_block(
+    h: Array, ctx: dict, cache, attn_norm, attn, mlp_norm, mlp
+) -> tuple[Array, dict]:
+    """One pre-norm transformer block (both families): h + attn(norm(h)), then + mlp(norm(h)).
+
+    `attn(x, ctx, cache)` returns (output, its keys/values); `mlp(x)` returns (output, MEMIT's keys:
+    the input of its output projection). Returns the new residual and {"keys", "kv"}.
+    """
+    out, kv = attn(attn_norm(h), ctx, cache)
+    h = h + out
+    out, keys = mlp(mlp_norm(h))
+    return h + out, {"keys": keys, "kv": kv}
+
+
 class CausalLM(nnx.Module):
     """Base of the two families. Subclasses define `embed`, `context`, `block`, `final_norm`,
     `unembed` and `num_layers`; the loop over blocks and all probe semantics live here."""

@@ -12,18 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxedit.models import base
+from jaxedit.models import base, layers
 from jaxedit.models.config import ModelConfig
-from jaxedit.models.layers import (
-    Dense,
-    Embedding,
-    LayerNorm,
-    attend,
-    attention_bias,
-    gelu_new,
-    merge_cache,
-    window_bias,
-)
 
 Array = jax.Array
 
@@ -31,8 +21,8 @@ Array = jax.Array
 class GPT2Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         d = cfg.hidden_size
-        self.c_attn = Dense(d, 3 * d, use_bias=True, dtype=dtype, rngs=rngs)
-        self.c_proj = Dense(d, d, use_bias=True, dtype=dtype, rngs=rngs)
+        self.c_attn = layers.Dense(d, 3 * d, use_bias=True, dtype=dtype, rngs=rngs)
+        self.c_proj = layers.Dense(d, d, use_bias=True, dtype=dtype, rngs=rngs)
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
 
     def __call__(self, x: Array, ctx: dict, cache=None) -> tuple[Array, tuple[Array, Array]]:
@@ -43,46 +33,45 @@ class GPT2Attention(nnx.Module):
         q, k, v = q.reshape(shape), k.reshape(shape), v.reshape(shape)
         kv = (k, v)
         if cache is not None:
-            k = merge_cache(cache[0], k, ctx["query_pos"])
-            v = merge_cache(cache[1], v, ctx["query_pos"])
-        out = attend(q, k, v, ctx["bias"])
+            k = layers.merge_cache(cache[0], k, ctx["query_pos"])
+            v = layers.merge_cache(cache[1], v, ctx["query_pos"])
+        out = layers.attend(q, k, v, ctx["bias"])
         return self.c_proj(out.reshape(b, t, d)), kv
 
 
 class GPT2MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
-        self.c_fc = Dense(
+        self.c_fc = layers.Dense(
             cfg.hidden_size, cfg.intermediate_size, use_bias=True, dtype=dtype, rngs=rngs
         )
-        self.c_proj = Dense(
+        self.c_proj = layers.Dense(
             cfg.intermediate_size, cfg.hidden_size, use_bias=True, dtype=dtype, rngs=rngs
         )
 
     def __call__(self, x: Array) -> tuple[Array, Array]:
-        keys = gelu_new(self.c_fc(x))  # MEMIT's k: input of c_proj
+        keys = layers.gelu_new(self.c_fc(x))  # MEMIT's k: input of c_proj
         return self.c_proj(keys), keys
 
 
 class GPT2Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
-        self.ln_1 = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype)
+        self.ln_1 = layers.LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype)
         self.attn = GPT2Attention(cfg, dtype=dtype, rngs=rngs)
-        self.ln_2 = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype)
+        self.ln_2 = layers.LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype)
         self.mlp = GPT2MLP(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, h: Array, ctx: dict, cache=None) -> tuple[Array, dict]:
-        attn, kv = self.attn(self.ln_1(h), ctx, cache)
-        h = h + attn
-        out, keys = self.mlp(self.ln_2(h))
-        return h + out, {"keys": keys, "kv": kv}
+        return base.pre_norm_block(h, ctx, cache, self.ln_1, self.attn, self.ln_2, self.mlp)
 
 
 class GPT2Model(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
-        self.wte = Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
-        self.wpe = Embedding(cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype, rngs=rngs)
+        self.wte = layers.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
+        self.wpe = layers.Embedding(
+            cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype, rngs=rngs
+        )
         self.h = nnx.List([GPT2Block(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)])
-        self.ln_f = LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype)
+        self.ln_f = layers.LayerNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype)
 
 
 class GPT2LMHeadModel(base.CausalLM):
@@ -100,8 +89,8 @@ class GPT2LMHeadModel(base.CausalLM):
     def context(self, positions: Array, mask: Array, query_pos: Array | None = None) -> dict:
         del positions
         if query_pos is None:
-            return {"bias": attention_bias(mask)}
-        return {"bias": window_bias(mask, query_pos), "query_pos": query_pos}
+            return {"bias": layers.attention_bias(mask)}
+        return {"bias": layers.window_bias(mask, query_pos), "query_pos": query_pos}
 
     def block(self, i: int, h: Array, ctx: dict, cache=None) -> tuple[Array, dict]:
         return self.transformer.h[i](h, ctx, cache)

@@ -77,10 +77,15 @@ class LlamaDecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, dtype=dtype)
 
     def __call__(self, h: Array, ctx: dict, cache=None) -> tuple[Array, dict]:
-        attn, kv = self.self_attn(self.input_layernorm(h), ctx, cache)
-        h = h + attn
-        out, keys = self.mlp(self.post_attention_layernorm(h))
-        return h + out, {"keys": keys, "kv": kv}
+        return base.pre_norm_block(
+            h,
+            ctx,
+            cache,
+            self.input_layernorm,
+            self.self_attn,
+            self.post_attention_layernorm,
+            self.mlp,
+        )
 
 
 class LlamaModel(nnx.Module):

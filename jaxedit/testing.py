@@ -44,9 +44,9 @@ FAMILIES = ("llama", "gpt2")  # the model families `tiny_config` / `tiny_model` 
 
 def tiny_config(family: str = "llama", **overrides) -> ModelConfig:
     """A small `ModelConfig` of `family` ("llama" or "gpt2") with prime dimensions (a transposed or
-    mis-split axis cannot go unnoticed): 3 blocks, hidden 30, MLP 43, 3 heads of 10 (Llama: 1 KV head,
-    grouped-query attention), vocabulary 61, context 67. Any field can be overridden."""
-    base = dict(
+    mis-split axis cannot go unnoticed): 3 blocks, hidden 30, MLP 43, 3 heads of 10 (Llama: 1 KV
+    head, grouped-query attention), vocabulary 61, context 67. Any field can be overridden."""
+    base: dict[str, Any] = dict(
         family=family,
         vocab_size=61,
         hidden_size=30,
@@ -68,9 +68,9 @@ def tiny_config(family: str = "llama", **overrides) -> ModelConfig:
 
 def sharpen(params, vocab_size: int, *, vocab_scale: float = 30.0, scale: float = 10.0):
     """Scales every 2-D parameter (matrices with a `vocab_size` axis by `vocab_scale`, the others by
-    `scale`). The default init (normal(0, 0.02)) gives near-uniform logits over a 50k vocabulary that
-    no edit can move; larger matrices let the edited residual decide the next token, so edits on a
-    tiny model land as they do on a real one."""
+    `scale`). The default init (normal(0, 0.02)) gives near-uniform logits over a 50k vocabulary
+    that no edit can move; larger matrices let the edited residual decide the next token, so edits
+    on a tiny model land as they do on a real one."""
 
     def f(x):
         if x.ndim != 2:

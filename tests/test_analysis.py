@@ -1,5 +1,5 @@
 """Norm analysis: weight norms against numpy and the residual-stream decomposition behind the
-activation norm proportion (SPEC §8)."""
+activation norm proportion (reference §8)."""
 
 from __future__ import annotations
 
@@ -118,8 +118,13 @@ def test_proportions_sum_to_one_and_match_per_token_definition(family):
     a = np.linalg.norm(c["attn"].astype(np.float64), axis=-1)[:, real]  # [L, tokens]
     m = np.linalg.norm(c["mlp"].astype(np.float64), axis=-1)[:, real]
     total = (a + m).sum(0)
-    per_tok = {"mlp_share": m / total, "attn_share": a / total, "mlp_norm": m, "attn_norm": a,
-               "mlp_to_final": m / np.linalg.norm(c["final"].astype(np.float64), axis=-1)[real]}
+    per_tok = {
+        "mlp_share": m / total,
+        "attn_share": a / total,
+        "mlp_norm": m,
+        "attn_norm": a,
+        "mlp_to_final": m / np.linalg.norm(c["final"].astype(np.float64), axis=-1)[real],
+    }
     for key, value in per_tok.items():
         np.testing.assert_allclose(getattr(res, key), value.mean(1), rtol=1e-5, err_msg=key)
 
@@ -179,8 +184,9 @@ def test_weight_norms_and_distance_against_numpy(family):
     layers = range(lm.config.num_layers)
     want = [np.linalg.norm(_kernel(lm, l).astype(np.float64)) for l in layers]
     np.testing.assert_allclose(analysis.weight_norms(lm), want, rtol=1e-6)
-    np.testing.assert_allclose(analysis.weight_norms(lm.params, lm.config, layers=[2, 0]),
-                               [want[2], want[0]], rtol=1e-6)
+    np.testing.assert_allclose(
+        analysis.weight_norms(lm.params, lm.config, layers=[2, 0]), [want[2], want[0]], rtol=1e-6
+    )
     with pytest.raises(ValueError, match="ModelConfig"):
         analysis.weight_norms(lm.params)
 
@@ -188,8 +194,9 @@ def test_weight_norms_and_distance_against_numpy(family):
     edited = _with_kernel(lm, 1, _kernel(lm, 1) + delta)
     dist = analysis.distance_from_original(edited, lm)
     np.testing.assert_allclose(dist, [0.0, np.linalg.norm(delta), 0.0], rtol=1e-5, atol=1e-7)
-    per_numel = analysis.distance_from_original(edited.params, lm.params, lm.config, layers=[1],
-                                                per_numel=True)
+    per_numel = analysis.distance_from_original(
+        edited.params, lm.params, lm.config, layers=[1], per_numel=True
+    )
     np.testing.assert_allclose(per_numel, [np.linalg.norm(delta) / delta.size], rtol=1e-5)
     # The original model is untouched by the edit.
     np.testing.assert_allclose(analysis.weight_norms(lm), want, rtol=1e-6)

@@ -1,5 +1,5 @@
 """The shipped configs (configs/*.py) and the paper's hyperparameters (jaxedit/hparams.py) against
-the authors' table (SPEC §5), written out here as literal numbers."""
+the authors' table (reference §5), written out here as literal numbers."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ from jaxedit import config, hparams
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAPER_MODELS = ("gpt2_xl", "llama2_7b", "llama3_8b")
 PAPER_METHODS = ("MEMIT", "MEMIT_seq", "ENCORE", "AlphaEdit", "EMMET")
-# blocks per model (SPEC §1.1; SmolLM2-135M has 30)
+# blocks per model (reference §1.1; SmolLM2-135M has 30)
 NUM_LAYERS = {"gpt2_xl": 48, "llama2_7b": 32, "llama3_8b": 32, "smollm2": 30}
 
-# SPEC §5.1 (ENC, the ENCORE paper's code), common to every MEMIT / ENCORE / AlphaEdit JSON.
+# reference §5.1 (ENC, the ENCORE paper's code), common to every MEMIT / ENCORE / AlphaEdit JSON.
 ENC = dict(weight_decay=0.5, kl_factor=0.0625, clamp_norm_factor=0.75)
 # prob_cutoff = 0: no MPES (prob_cutoff < 0) and no probability stop (prob_cutoff > 0).
 NO_STOP = dict(mpes_patience=0, stop_prob=0.0)
 GPT2_XL = (13, 14, 15, 16, 17)
 LLAMA = (4, 5, 6, 7, 8)
 
-# (method, model) -> the fields SPEC §5 gives, under jaxedit's names:
+# (method, model) -> the fields reference §5 gives, under jaxedit's names:
 #   layers; v_lr -> lr; v_num_grad_steps -> num_steps; v_weight_decay -> weight_decay; kl_factor;
 #   clamp_norm_factor; mom2_update_weight (λ_p) -> cov_weight; update_norm_lambda (λ_n) ->
 #   norm_lambda; prob_cutoff = -k -> mpes_patience = k; mom2_n_samples -> num_samples;
@@ -33,63 +33,191 @@ LLAMA = (4, 5, 6, 7, 8)
 PAPER = {
     # §5.1 ENCORE rows
     ("ENCORE", "gpt2_xl"): dict(
-        layers=GPT2_XL, lr=0.5, num_steps=20, cov_weight=20000.0, norm_lambda=10.0,
-        mpes_patience=4, stop_prob=0.0, num_samples=100000, add_prev_edits=True, **ENC),
+        layers=GPT2_XL,
+        lr=0.5,
+        num_steps=20,
+        cov_weight=20000.0,
+        norm_lambda=10.0,
+        mpes_patience=4,
+        stop_prob=0.0,
+        num_samples=100000,
+        add_prev_edits=True,
+        **ENC,
+    ),
     ("ENCORE", "llama2_7b"): dict(
-        layers=LLAMA, lr=0.5, num_steps=25, cov_weight=15000.0, norm_lambda=10.0,
-        mpes_patience=3, stop_prob=0.0, num_samples=100000, add_prev_edits=True, **ENC),
+        layers=LLAMA,
+        lr=0.5,
+        num_steps=25,
+        cov_weight=15000.0,
+        norm_lambda=10.0,
+        mpes_patience=3,
+        stop_prob=0.0,
+        num_samples=100000,
+        add_prev_edits=True,
+        **ENC,
+    ),
     ("ENCORE", "llama3_8b"): dict(
-        layers=LLAMA, lr=0.5, num_steps=25, cov_weight=15000.0, norm_lambda=20.0,
-        mpes_patience=2, stop_prob=0.0, num_samples=10000, add_prev_edits=True, **ENC),
+        layers=LLAMA,
+        lr=0.5,
+        num_steps=25,
+        cov_weight=15000.0,
+        norm_lambda=20.0,
+        mpes_patience=2,
+        stop_prob=0.0,
+        num_samples=10000,
+        add_prev_edits=True,
+        **ENC,
+    ),
     # §5.1 MEMIT rows (sequential: add_prev_edits=true)
     ("MEMIT_seq", "gpt2_xl"): dict(
-        layers=GPT2_XL, lr=0.5, num_steps=20, cov_weight=20000.0, norm_lambda=0.0,
-        num_samples=100000, add_prev_edits=True, **NO_STOP, **ENC),
+        layers=GPT2_XL,
+        lr=0.5,
+        num_steps=20,
+        cov_weight=20000.0,
+        norm_lambda=0.0,
+        num_samples=100000,
+        add_prev_edits=True,
+        **NO_STOP,
+        **ENC,
+    ),
     ("MEMIT_seq", "llama2_7b"): dict(
-        layers=LLAMA, lr=0.5, num_steps=25, cov_weight=15000.0, norm_lambda=0.0,
-        num_samples=100000, add_prev_edits=True, **NO_STOP, **ENC),
+        layers=LLAMA,
+        lr=0.5,
+        num_steps=25,
+        cov_weight=15000.0,
+        norm_lambda=0.0,
+        num_samples=100000,
+        add_prev_edits=True,
+        **NO_STOP,
+        **ENC,
+    ),
     ("MEMIT_seq", "llama3_8b"): dict(
-        layers=LLAMA, lr=0.5, num_steps=25, cov_weight=15000.0, norm_lambda=0.0,
-        num_samples=10000, add_prev_edits=True, **NO_STOP, **ENC),
+        layers=LLAMA,
+        lr=0.5,
+        num_steps=25,
+        cov_weight=15000.0,
+        norm_lambda=0.0,
+        num_samples=10000,
+        add_prev_edits=True,
+        **NO_STOP,
+        **ENC,
+    ),
     # §5.1 MEMIT rows without the sequential term (§5.2 MEM; MEM has no Llama setting, so the
     # Llama rows are ENC's numbers with add_prev_edits=false)
     ("MEMIT", "gpt2_xl"): dict(
-        layers=GPT2_XL, lr=0.5, num_steps=20, cov_weight=20000.0, norm_lambda=0.0,
-        num_samples=100000, add_prev_edits=False, **NO_STOP, **ENC),
+        layers=GPT2_XL,
+        lr=0.5,
+        num_steps=20,
+        cov_weight=20000.0,
+        norm_lambda=0.0,
+        num_samples=100000,
+        add_prev_edits=False,
+        **NO_STOP,
+        **ENC,
+    ),
     ("MEMIT", "llama2_7b"): dict(
-        layers=LLAMA, lr=0.5, num_steps=25, cov_weight=15000.0, norm_lambda=0.0,
-        num_samples=100000, add_prev_edits=False, **NO_STOP, **ENC),
+        layers=LLAMA,
+        lr=0.5,
+        num_steps=25,
+        cov_weight=15000.0,
+        norm_lambda=0.0,
+        num_samples=100000,
+        add_prev_edits=False,
+        **NO_STOP,
+        **ENC,
+    ),
     ("MEMIT", "llama3_8b"): dict(
-        layers=LLAMA, lr=0.5, num_steps=25, cov_weight=15000.0, norm_lambda=0.0,
-        num_samples=10000, add_prev_edits=False, **NO_STOP, **ENC),
+        layers=LLAMA,
+        lr=0.5,
+        num_steps=25,
+        cov_weight=15000.0,
+        norm_lambda=0.0,
+        num_samples=10000,
+        add_prev_edits=False,
+        **NO_STOP,
+        **ENC,
+    ),
     # §5.1 AlphaEdit rows: threshold 2e-2, L2 10; λ_p unused (not checked), no λ_n (0 here)
     ("AlphaEdit", "gpt2_xl"): dict(
-        layers=GPT2_XL, lr=0.5, num_steps=20, nullspace_threshold=2e-2, l2=10.0,
-        norm_lambda=0.0, num_samples=100000, **NO_STOP, **ENC),
+        layers=GPT2_XL,
+        lr=0.5,
+        num_steps=20,
+        nullspace_threshold=2e-2,
+        l2=10.0,
+        norm_lambda=0.0,
+        num_samples=100000,
+        **NO_STOP,
+        **ENC,
+    ),
     ("AlphaEdit", "llama2_7b"): dict(
-        layers=LLAMA, lr=0.1, num_steps=25, nullspace_threshold=2e-2, l2=10.0,
-        norm_lambda=0.0, num_samples=100000, **NO_STOP, **ENC),
+        layers=LLAMA,
+        lr=0.1,
+        num_steps=25,
+        nullspace_threshold=2e-2,
+        l2=10.0,
+        norm_lambda=0.0,
+        num_samples=100000,
+        **NO_STOP,
+        **ENC,
+    ),
     ("AlphaEdit", "llama3_8b"): dict(
-        layers=LLAMA, lr=0.1, num_steps=25, nullspace_threshold=2e-2, l2=10.0,
-        norm_lambda=0.0, num_samples=10000, **NO_STOP, **ENC),
+        layers=LLAMA,
+        lr=0.1,
+        num_steps=25,
+        nullspace_threshold=2e-2,
+        l2=10.0,
+        norm_lambda=0.0,
+        num_samples=10000,
+        **NO_STOP,
+        **ENC,
+    ),
     # §5.2 UME EMMET (not sequential; MPES is ENC-only, §2.6). GPT2-XL: HEAD 23d72b5. Llama-2:
     # HEAD with the "corrected algo hyperparameters" of dabbb963 (clamp 0.75, weight decay 0.5,
-    # λ_p 10000). SPEC has no EMMET Llama-3 row: hparams.py uses the Llama-2 one [inferred],
-    # checked as such. SPEC gives no kl_factor or mom2_n_samples for EMMET: not checked.
+    # λ_p 10000). reference §5 has no EMMET Llama-3 row: hparams.py uses the Llama-2 one [inferred],
+    # checked as such. It gives no kl_factor or mom2_n_samples for EMMET: not checked.
     ("EMMET", "gpt2_xl"): dict(
-        layers=(17,), cov_weight=1000.0, emmet_lambda=0.1, clamp_norm_factor=0.75,
-        weight_decay=0.5, num_steps=20, lr=0.5, add_prev_edits=False, **NO_STOP),
+        layers=(17,),
+        cov_weight=1000.0,
+        emmet_lambda=0.1,
+        clamp_norm_factor=0.75,
+        weight_decay=0.5,
+        num_steps=20,
+        lr=0.5,
+        add_prev_edits=False,
+        **NO_STOP,
+    ),
     ("EMMET", "llama2_7b"): dict(
-        layers=(5,), cov_weight=10000.0, emmet_lambda=0.1, clamp_norm_factor=0.75,
-        weight_decay=0.5, num_steps=25, lr=0.5, add_prev_edits=False, **NO_STOP),
+        layers=(5,),
+        cov_weight=10000.0,
+        emmet_lambda=0.1,
+        clamp_norm_factor=0.75,
+        weight_decay=0.5,
+        num_steps=25,
+        lr=0.5,
+        add_prev_edits=False,
+        **NO_STOP,
+    ),
     ("EMMET", "llama3_8b"): dict(
-        layers=(5,), cov_weight=10000.0, emmet_lambda=0.1, clamp_norm_factor=0.75,
-        weight_decay=0.5, num_steps=25, lr=0.5, add_prev_edits=False, **NO_STOP),
+        layers=(5,),
+        cov_weight=10000.0,
+        emmet_lambda=0.1,
+        clamp_norm_factor=0.75,
+        weight_decay=0.5,
+        num_steps=25,
+        lr=0.5,
+        add_prev_edits=False,
+        **NO_STOP,
+    ),
 }
 
 # configs/{stem}.py -> the hparams call it must equal.
-METHOD_OF = {"memit": "MEMIT", "memit_seq": "MEMIT_seq", "encore": "ENCORE",
-             "alphaedit": "AlphaEdit", "emmet": "EMMET"}
+METHOD_OF = {
+    "memit": "MEMIT",
+    "memit_seq": "MEMIT_seq",
+    "encore": "ENCORE",
+    "alphaedit": "AlphaEdit",
+    "emmet": "EMMET",
+}
 SMOLLM2_ABLATIONS = {"memit_mpes": dict(mpes=True), "memit_norm": dict(norm=True)}
 
 

@@ -1,4 +1,5 @@
-"""HF safetensors <-> jaxedit: bit-exact round trips (fp32, bf16, sharded), name handling, errors."""
+"""HF safetensors <-> jaxedit: bit-exact round trips (fp32, bf16, sharded), name handling,
+errors."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ def _hf_tensors(cfg, dtype=np.float32, seed=0):
     tensors = convert.flat_to_hf(cfg, flat)
     rng = np.random.default_rng(seed)
     # Norm scales and biases are ones/zeros at init: randomise them so a mix-up is visible.
-    return {k: (v + rng.normal(0, 0.1, v.shape).astype(np.float32)).astype(dtype) for k, v in tensors.items()}
+    return {
+        k: (v + rng.normal(0, 0.1, v.shape).astype(np.float32)).astype(dtype)
+        for k, v in tensors.items()
+    }
 
 
 def _write_dir(path, cfg, tensors, shard_bytes=None):
@@ -43,7 +47,9 @@ def test_round_trip_is_bit_exact(tmp_path, family, dtype, sharded):
         assert len(set(index["weight_map"].values())) >= 2
     model = jaxedit.load(src)
     assert model.dtype == np.dtype(dtype)
-    out = jaxedit.save_hf(model, tmp_path / "out", max_shard_bytes=total // 2 + 1 if sharded else None)
+    out = jaxedit.save_hf(
+        model, tmp_path / "out", max_shard_bytes=total // 2 + 1 if sharded else None
+    )
     back = convert.read_safetensors(out)
     assert set(back) == set(tensors)
     for k, v in tensors.items():
@@ -84,8 +90,9 @@ def test_untied_llama_head_and_tied_ignores_saved_head(tmp_path):
     tensors = _hf_tensors(untied)
     assert "lm_head.weight" in tensors
     model = jaxedit.load(_write_dir(tmp_path / "u", untied, tensors))
-    np.testing.assert_array_equal(np.asarray(model.params["lm_head"]["kernel"][...]),
-                                  tensors["lm_head.weight"].T)
+    np.testing.assert_array_equal(
+        np.asarray(model.params["lm_head"]["kernel"][...]), tensors["lm_head.weight"].T
+    )
     tied = tiny_config("llama", tie_word_embeddings=True)
     tensors = _hf_tensors(tied)
     tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
@@ -111,7 +118,7 @@ def test_load_errors_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="not a preset"):
         jaxedit.load("no-such-model")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         jaxedit.load(tmp_path / "empty")
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "config.json").write_text(json.dumps(to_hf_dict(tiny_config("llama"))))
@@ -124,7 +131,8 @@ def test_string_api_with_real_gpt2_tokenizer(tmp_path):
     tok_dir = require_shared("data", "gpt2_tokenizer")
     from transformers import GPT2Tokenizer
 
-    # transformers v5 ignores GPT2TokenizerFast(vocab_file=..., merges_file=...); the directory works.
+    # transformers v5 ignores GPT2TokenizerFast(vocab_file=..., merges_file=...); the directory
+    # works.
     tok = GPT2Tokenizer.from_pretrained(str(tok_dir))
     assert tok("The capital")["input_ids"] == [464, 3139]
     cfg = tiny_config("gpt2", vocab_size=50257, bos_token_id=50256, eos_token_id=50256)
@@ -144,7 +152,7 @@ def test_string_api_with_real_gpt2_tokenizer(tmp_path):
     for _ in range(5):
         nxt = int(np.argmax(model.logits_from_ids(np.array([ids], np.int32), [len(ids)])[0, -1]))
         ids.append(nxt)
-    new = ids[len(tok(prompts[0])["input_ids"]):]
+    new = ids[len(tok(prompts[0])["input_ids"]) :]
     if tok.eos_token_id in new:
         new = new[: new.index(tok.eos_token_id)]
     assert texts[0] == tok.decode(new, skip_special_tokens=True)

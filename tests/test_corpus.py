@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +19,6 @@ from jaxedit.corpus import (
     write_text_corpus,
 )
 from jaxedit.testing import require_shared, smollm2_tokenizer
-
-
-
-
 
 # --- readers ------------------------------------------------------------------------------------
 
@@ -62,11 +57,11 @@ def test_reader_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         list(read_documents(tmp_path / "missing.txt"))
     (tmp_path / "x.csv").write_text("a,b\n")
-    with pytest.raises(ValueError, match="unsupported file type '.csv'"):
+    with pytest.raises(ValueError, match=r"unsupported file type '\.csv'"):
         list(read_documents(tmp_path / "x.csv"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="no .txt or .jsonl"):
+    with pytest.raises(ValueError, match=r"no \.txt or \.jsonl"):
         list(read_documents(empty))
 
 
@@ -74,12 +69,15 @@ def test_write_text_corpus_round_trip(tmp_path):
     docs = ["First paragraph.", "  Two lines\nin one document  ", "Third: (x) = 1 ."]
     path = tmp_path / "sub" / "corpus.txt"
     assert write_text_corpus(docs, path) == 3
-    assert path.read_text() == "First paragraph.\n\nTwo lines\nin one document\n\nThird: (x) = 1 .\n"
+    assert (
+        path.read_text() == "First paragraph.\n\nTwo lines\nin one document\n\nThird: (x) = 1 .\n"
+    )
     assert list(read_documents(path)) == [d.strip() for d in docs]
 
 
-@pytest.mark.parametrize("bad, words", [("a\n\nb", "blank line"), ("a\n  \nb", "blank line"),
-                                        ("   ", "empty")])
+@pytest.mark.parametrize(
+    "bad, words", [("a\n\nb", "blank line"), ("a\n  \nb", "blank line"), ("   ", "empty")]
+)
 def test_write_text_corpus_rejects_what_cannot_round_trip(tmp_path, bad, words):
     path = tmp_path / "c.txt"
     with pytest.raises(ValueError, match=f"document 1 .*{words}"):
@@ -95,7 +93,7 @@ def test_write_text_corpus_rejects_what_cannot_round_trip(tmp_path, bad, words):
     [
         ("a guest @-@ starring role", "a guest-starring role"),
         ("1 @,@ 000 and 2 @.@ 5", "1,000 and 2.5"),
-        ("as \" Craig \" in \" Teddy 's Story \" .", "as \"Craig\" in \"Teddy's Story\" ."),
+        ('as " Craig " in " Teddy \'s Story " .', 'as "Craig" in "Teddy\'s Story" .'),
         ("( born 1970 ) , he", "(born 1970), he"),
         ("[ 1 ] ; then : done", "[1]; then: done"),
         ("the players ' union", "the players' union"),
@@ -119,8 +117,10 @@ def test_headings():
 
 def test_wikitext_paragraphs_small_file(tmp_path):
     raw = tmp_path / "w.raw"
-    raw.write_bytes(b" \r\n = Title = \r\n \r\n Para one @-@ x . \r\n = = Sub = = \r\n"
-                    b" Para ( two ) , end . \r\n \r\n")
+    raw.write_bytes(
+        b" \r\n = Title = \r\n \r\n Para one @-@ x . \r\n = = Sub = = \r\n"
+        b" Para ( two ) , end . \r\n \r\n"
+    )
     assert wikitext_paragraphs(raw) == ["Para one-x .", "Para (two), end ."]
     with pytest.raises(FileNotFoundError):
         wikitext_paragraphs(tmp_path / "nope.raw")
@@ -173,5 +173,5 @@ def test_tokenize_documents_match_golden_smollm2():
     got = list(tokenize_documents(tok, texts["texts"], max_length=8192))
     assert len(got) == 200 == len(off) - 1
     for i, seq in enumerate(got):
-        assert seq == ids[off[i]: off[i + 1]].tolist(), i
+        assert seq == ids[off[i] : off[i + 1]].tolist(), i
     assert sum(map(len, got)) == len(ids) == 26517

@@ -65,32 +65,59 @@ SENT = {"sentence": "great .", "label": "1"}
 DIAL = {"article": "m : hi .", "options": '["f : a", "f : b", "f : c", "f : d"]', "answers": "C"}
 
 QUESTIONS = {  # (task, item): (clean question, reference question, few-shot string)
-    "sst2": (SST, "Review : a fine film\nSentiment :", "Review :a fine film\nSentiment :",
-             "Review : a fine film\nSentiment : positive\n"),
-    "mrpc": (MRPC, "Are the sentences paraphrases of each other.\nSentence 1: A b.\n"
-             "Sentence 2: A c.\nAnswer:", None,
-             "Are the sentences paraphrases of each other.\nSentence 1: A b.\n"
-             "Sentence 2: A c.\nAnswer: No\n"),
-    "cola": (COLA, "Is this sentence linguistically acceptable?\nSentence: He left.\nAnswer:",
-             "Is this sentence linguistically acceptable?\nSentence: He left.\nAnswer: ",
-             "Is this sentence linguistically acceptable?\nSentence: He left.\nAnswer: Yes\n"),
-    "rte": (RTE, "P holds.\nquestion: Q holds. True or False?\nanswer:", None,
-            None),  # few-shot depends on the mode, see test_rte_label_semantics
-    "nli": (NLI, "P. entails the Q. True or False? Answer:", None,
-            "P. entails the Q. True or False? Answer: True\n"),
-    "mmlu": (MMLU, "Question: 2+2?\n(A) 3\n(B) 4\n(C) 5'\n(D) 6\nAnswer:", None,
-             "Question: 2+2?\n(A) 3\n(B) 4\n(C) 5'\n(D) 6\nAnswer: B\n"),
+    "sst2": (
+        SST,
+        "Review : a fine film\nSentiment :",
+        "Review :a fine film\nSentiment :",
+        "Review : a fine film\nSentiment : positive\n",
+    ),
+    "mrpc": (
+        MRPC,
+        "Are the sentences paraphrases of each other.\nSentence 1: A b.\nSentence 2: A c.\nAnswer:",
+        None,
+        "Are the sentences paraphrases of each other.\nSentence 1: A b.\n"
+        "Sentence 2: A c.\nAnswer: No\n",
+    ),
+    "cola": (
+        COLA,
+        "Is this sentence linguistically acceptable?\nSentence: He left.\nAnswer:",
+        "Is this sentence linguistically acceptable?\nSentence: He left.\nAnswer: ",
+        "Is this sentence linguistically acceptable?\nSentence: He left.\nAnswer: Yes\n",
+    ),
+    "rte": (
+        RTE,
+        "P holds.\nquestion: Q holds. True or False?\nanswer:",
+        None,
+        None,
+    ),  # few-shot depends on the mode, see test_rte_label_semantics
+    "nli": (
+        NLI,
+        "P. entails the Q. True or False? Answer:",
+        None,
+        "P. entails the Q. True or False? Answer: True\n",
+    ),
+    "mmlu": (
+        MMLU,
+        "Question: 2+2?\n(A) 3\n(B) 4\n(C) 5'\n(D) 6\nAnswer:",
+        None,
+        "Question: 2+2?\n(A) 3\n(B) 4\n(C) 5'\n(D) 6\nAnswer: B\n",
+    ),
     "sentiment_analysis": (
         SENT,
         "For each snippet of text,label the sentiment of the text as positive or negative.The "
         "answer should be exact 'positive' or 'negative'. text: great . answer:",
         None,
         "For each snippet of text,label the sentiment of the text as positive or negative.The "
-        "answer should be exact 'positive' or 'negative'. text: great . answer: positive\n"),
-    "dialogue": (DIAL, "Q: Given the following: m : hi .\nWhich choice is correct?\n(A)f : a\n"
-                 "(B)f : b\n(C)f : c\n(D)f : d\nAnswer:", None,
-                 "Q: Given the following: m : hi .\nWhich choice is correct?\n(A)f : a\n(B)f : b\n"
-                 "(C)f : c\n(D)f : d\nAnswer: C\n\n"),
+        "answer should be exact 'positive' or 'negative'. text: great . answer: positive\n",
+    ),
+    "dialogue": (
+        DIAL,
+        "Q: Given the following: m : hi .\nWhich choice is correct?\n(A)f : a\n"
+        "(B)f : b\n(C)f : c\n(D)f : d\nAnswer:",
+        None,
+        "Q: Given the following: m : hi .\nWhich choice is correct?\n(A)f : a\n(B)f : b\n"
+        "(C)f : c\n(D)f : d\nAnswer: C\n\n",
+    ),
 }
 
 
@@ -109,8 +136,9 @@ def test_full_prompt_concatenates_few_shots_then_question():
     other = {"sentence": "dull", "label": 0}
     for quirks, sep in (("clean", " "), ("reference", "")):
         (p,) = ds.build_prompts(ds.TASKS["sst2"], [SST, other], [other], quirks=quirks)
-        context = ("Review : a fine film\nSentiment : positive\n"
-                   "Review : dull\nSentiment : negative\n")
+        context = (
+            "Review : a fine film\nSentiment : positive\nReview : dull\nSentiment : negative\n"
+        )
         assert p.text == context + f"Review :{sep}dull\nSentiment :"
         assert p.context == context
         assert (p.label, p.num_shots) == (0, 2)
@@ -148,7 +176,11 @@ def test_label_mappings():
 def test_resolve_tasks():
     assert ds.resolve_tasks("sst,mrpc") == ["sst2", "mrpc"]
     assert ds.resolve_tasks(["SST2", "mmmlu", "sentiment", "dia", "sst2"]) == [
-        "sst2", "mmlu", "sentiment_analysis", "dialogue"]
+        "sst2",
+        "mmlu",
+        "sentiment_analysis",
+        "dialogue",
+    ]
     assert ds.resolve_tasks("nli") == ["nli"]  # exact name wins
     with pytest.raises(ValueError, match="'glue9' is not a known task; valid names: sst2, mrpc"):
         ds.resolve_tasks("sst2,glue9")
@@ -241,17 +273,32 @@ def test_few_shot_dropping_clean_vs_reference():
     ctx = 1 + sum(shot_len[:3]) + q_clean + gen
     (p,) = ds.build_prompts(sst, shots, [test], tokenizer=CharTok(), max_context=ctx, gen_len=gen)
     assert p.num_shots == 3 and len(p.ids) + gen == ctx
-    (p,) = ds.build_prompts(sst, shots, [test], tokenizer=CharTok(), max_context=ctx - 1,
-                            gen_len=gen)
+    (p,) = ds.build_prompts(
+        sst, shots, [test], tokenizer=CharTok(), max_context=ctx - 1, gen_len=gen
+    )
     assert p.num_shots == 2
     # reference: the question and each shot tokenized separately (one BOS each): 3 shots need 3 more
     q_ref = len(sst.question(test, "reference"))
     ctx_ref = (1 + q_ref) + sum(1 + n for n in shot_len[:3]) + gen
-    (p,) = ds.build_prompts(sst, shots, [test], quirks="reference", tokenizer=CharTok(),
-                            max_context=ctx_ref, gen_len=gen)
+    (p,) = ds.build_prompts(
+        sst,
+        shots,
+        [test],
+        quirks="reference",
+        tokenizer=CharTok(),
+        max_context=ctx_ref,
+        gen_len=gen,
+    )
     assert p.num_shots == 3
-    (p,) = ds.build_prompts(sst, shots, [test], quirks="reference", tokenizer=CharTok(),
-                            max_context=ctx_ref - 1, gen_len=gen)
+    (p,) = ds.build_prompts(
+        sst,
+        shots,
+        [test],
+        quirks="reference",
+        tokenizer=CharTok(),
+        max_context=ctx_ref - 1,
+        gen_len=gen,
+    )
     assert p.num_shots == 2
     # nothing fits: no few-shots at all
     (p,) = ds.build_prompts(sst, shots, [test], tokenizer=CharTok(), max_context=q_clean + 4)
@@ -299,9 +346,11 @@ def test_split_and_full_mmlu(tmp_path):
     assert len(ds.load_full_mmlu(tmp_path, 0, None)[1]) == 4
     prompts = ds.build_prompts(ds.TASKS["mmlu"], shots, tests)
     choices = "(A) a\n(B) b\n(C) c\n(D) d\n"
-    assert prompts[1].text == (f"Question: bio dev 0, with comma\n{choices}Answer: A\n"
-                               f"Question: bio dev 1, with comma\n{choices}Answer: B\n"
-                               f"Question: bio q0\n{choices}Answer:")
+    assert prompts[1].text == (
+        f"Question: bio dev 0, with comma\n{choices}Answer: A\n"
+        f"Question: bio dev 1, with comma\n{choices}Answer: B\n"
+        f"Question: bio q0\n{choices}Answer:"
+    )
     assert [p.label for p in prompts] == [2, 2, 2]
 
 
@@ -317,8 +366,9 @@ def _gpt2_tokenizer():
 
 def _tiny_lm(family, tokenizer, max_pos=160):
     """3 blocks, unsharpened, seed 3; vocabulary and BOS/EOS (50256) from the GPT-2 tokenizer."""
-    return tiny_model(family, tokenizer, seed=3, num_layers=3, sharpened=False,
-                      max_position_embeddings=max_pos)
+    return tiny_model(
+        family, tokenizer, seed=3, num_layers=3, sharpened=False, max_position_embeddings=max_pos
+    )
 
 
 def _write_data(path):
@@ -330,10 +380,18 @@ def _write_data(path):
 
     data = {
         "sst2": [{"sentence": sent(rng.integers(3, 9)), "label": i % 2} for i in range(22)],
-        "dialogue": [{"article": sent(rng.integers(4, 10)), "options": [sent(3) for _ in range(4)],
-                      "answers": "ABCD"[i % 4]} for i in range(22)],
-        "mmlu": [{"question": sent(5), "choices": str([sent(2) for _ in range(4)]), "answer": i % 4}
-                 for i in range(22)],
+        "dialogue": [
+            {
+                "article": sent(rng.integers(4, 10)),
+                "options": [sent(3) for _ in range(4)],
+                "answers": "ABCD"[i % 4],
+            }
+            for i in range(22)
+        ],
+        "mmlu": [
+            {"question": sent(5), "choices": str([sent(2) for _ in range(4)]), "answer": i % 4}
+            for i in range(22)
+        ],
     }
     for name, items in data.items():
         (path / f"{name}.json").write_text(json.dumps(items))
@@ -345,16 +403,18 @@ def tiny_data(tmp_path_factory):
     return _write_data(tmp_path_factory.mktemp("downstream"))
 
 
-@pytest.mark.parametrize("family,quirks,batch_size",
-                         [("llama", "clean", 5),
-                          pytest.param("gpt2", "reference", 12, marks=pytest.mark.slow)])  # suite time
+@pytest.mark.parametrize(
+    "family,quirks,batch_size",
+    [("llama", "clean", 5), pytest.param("gpt2", "reference", 12, marks=pytest.mark.slow)],
+)  # suite time
 def test_fast_path_equals_generate_and_answer_nll(family, quirks, batch_size, tiny_data):
     """The shared-context KV path gives the continuations of `generate` and the NLLs of `answer_nll`
     (dialogue's context ends in "\\n\\n", which tokenizes differently before "Q:", so the cached
     context is only partly reused there)."""
     lm = _tiny_lm(family, _gpt2_tokenizer())
-    kw = dict(num_tests=12, num_few_shots=2, gen_len=3, quirks=quirks, batch_size=batch_size,
-              details=True)
+    kw = dict(
+        num_tests=12, num_few_shots=2, gen_len=3, quirks=quirks, batch_size=batch_size, details=True
+    )
     fast = ds.evaluate_downstream(lm, "sst2,dialogue", tiny_data, fast=True, **kw)
     slow = ds.evaluate_downstream(lm, "sst2,dialogue", tiny_data, fast=False, **kw)
     for name in ("sst2", "dialogue"):
@@ -375,13 +435,18 @@ def test_dropping_unshared_contexts_and_multi_token_words(tiny_data):
     """A context too small for all shots, per-test few-shot lists (some contexts unshared), and
     answer words of several tokens (scored by answer_nll) give the same results on both paths."""
     lm = _tiny_lm("llama", _gpt2_tokenizer(), max_pos=96)
-    res = ds.evaluate_task(lm, "mmlu", tiny_data, num_tests=6, num_few_shots=3, batch_size=4,
-                           details=True)
+    res = ds.evaluate_task(
+        lm, "mmlu", tiny_data, num_tests=6, num_few_shots=3, batch_size=4, details=True
+    )
     assert res["few_shots_dropped"] > 0
-    task = ds.Task(name="custom", words=("not at all", "absolutely yes"),
-                   stem=lambda it: f"Claim: {it['sentence']}\nVerdict:",
-                   label=lambda it, q: it["label"],
-                   cue="Verdict:", reference_order=(("absolutely", 1), ("not", 0)))
+    task = ds.Task(
+        name="custom",
+        words=("not at all", "absolutely yes"),
+        stem=lambda it: f"Claim: {it['sentence']}\nVerdict:",
+        label=lambda it, q: it["label"],
+        cue="Verdict:",
+        reference_order=(("absolutely", 1), ("not", 0)),
+    )
     items = json.loads((tiny_data / "sst2.json").read_text())
     shots = [[items[j % 5]] for j in range(7)]  # two contexts shared by 2 tests, three by one
     prompts = ds.build_prompts(task, shots, items[10:17], tokenizer=lm.tokenizer, max_context=96)
@@ -410,7 +475,8 @@ def test_shared_data_files_parse():
 # the real model
 
 
-@pytest.mark.slow  # ~35 s on a loaded 2-core CPU: loading SmolLM2 (20 s) and compiling its 30 layers
+# ~35 s on a loaded 2-core CPU: loading SmolLM2 (20 s) and compiling its 30 layers
+@pytest.mark.slow
 def test_smollm2_two_tasks(smollm2):
     root = require_shared("data", "downstream")
     res = ds.evaluate_downstream(smollm2, "sst2,mmlu", root, num_tests=8, batch_size=8)

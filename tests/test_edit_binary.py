@@ -18,53 +18,102 @@ from jaxedit.testing import require_shared, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUESTS = [
-    {"case_id": 7, "prompt": "The favourite food of {} is", "subject": "Alice Smith",
-     "target_new": "pizza", "target_true": "rice"},
-    {"case_id": 8, "prompt": "{} lives in the city of", "subject": "Bob Jones",
-     "target_new": "Madrid", "target_true": "Oslo"},
-    {"case_id": 9, "prompt": "The language spoken by {} is", "subject": "Carol White",
-     "target_new": "Greek", "target_true": "Dutch",
-     "generation_prompts": ["Carol White often says that", "Carol White was born in"]},
+    {
+        "case_id": 7,
+        "prompt": "The favourite food of {} is",
+        "subject": "Alice Smith",
+        "target_new": "pizza",
+        "target_true": "rice",
+    },
+    {
+        "case_id": 8,
+        "prompt": "{} lives in the city of",
+        "subject": "Bob Jones",
+        "target_new": "Madrid",
+        "target_true": "Oslo",
+    },
+    {
+        "case_id": 9,
+        "prompt": "The language spoken by {} is",
+        "subject": "Carol White",
+        "target_new": "Greek",
+        "target_true": "Dutch",
+        "generation_prompts": ["Carol White often says that", "Carol White was born in"],
+    },
 ]
-PROTOCOL = ("--batch_size=1", "--downstream=sst2", "--downstream_every=2", "--downstream_tests=4",
-            "--downstream_shots=1", "--activation_texts=4", "--generation_fraction=1.0")
+PROTOCOL = (
+    "--batch_size=1",
+    "--downstream=sst2",
+    "--downstream_every=2",
+    "--downstream_tests=4",
+    "--downstream_shots=1",
+    "--activation_texts=4",
+    "--generation_fraction=1.0",
+)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tok_dir = require_shared("data", "gpt2_tokenizer")
-    from transformers import GPT2Tokenizer
     from flax import nnx
+    from transformers import GPT2Tokenizer
 
     root = tmp_path_factory.mktemp("binary")
     tok = GPT2Tokenizer.from_pretrained(str(tok_dir))
-    cfg = tiny_config("gpt2", vocab_size=50257, num_layers=4, bos_token_id=50256, eos_token_id=50256,
-                      max_position_embeddings=256)
+    cfg = tiny_config(
+        "gpt2",
+        vocab_size=50257,
+        num_layers=4,
+        bos_token_id=50256,
+        eos_token_id=50256,
+        max_position_embeddings=256,
+    )
     graphdef, params = nnx.split(models.build(cfg))
     model = LanguageModel(config=cfg, tokenizer=tok, graphdef=graphdef, params=params)
     jaxedit.save_hf(model, root / "model")
-    docs = [f"Document number {i} talks about cities, food and languages of the world." for i in range(30)]
+    docs = [
+        f"Document number {i} talks about cities, food and languages of the world."
+        for i in range(30)
+    ]
     corpus.write_text_corpus(docs, root / "corpus.txt")
     (root / "requests.json").write_text(json.dumps(REQUESTS))
     return root
 
 
 def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "experiments" / "edit.py"), f"--config={ROOT / 'configs/tiny.py'}",
-           f"--model={root / 'model'}", f"--stats_text={root / 'corpus.txt'}",
-           f"--stats_dir={root / 'stats'}", *args]
+    cmd = [
+        sys.executable,
+        str(ROOT / "experiments" / "edit.py"),
+        f"--config={ROOT / 'configs/tiny.py'}",
+        f"--model={root / 'model'}",
+        f"--stats_text={root / 'corpus.txt'}",
+        f"--stats_dir={root / 'stats'}",
+        *args,
+    ]
     env = {**os.environ, "JAXEDIT_DATA": str(require_shared("data"))}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
 
 
 def test_run_writes_logs_dumps_and_model(setup):
     root = setup
-    out = _run(root, f"--requests={root / 'requests.json'}", "--batch_size=2",
-               f"--workdir={root / 'run'}", f"--dump_dir={root / 'dump'}", f"--export_dir={root / 'out'}")
+    out = _run(
+        root,
+        f"--requests={root / 'requests.json'}",
+        "--batch_size=2",
+        f"--workdir={root / 'run'}",
+        f"--dump_dir={root / 'dump'}",
+        f"--export_dir={root / 'out'}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(l) for l in (root / "run" / "batches.jsonl").read_text().splitlines()]
     assert [l["num_edits"] for l in lines] == [2, 3]
-    assert set(lines[0]) >= {"search_time_s", "update_time_s", "stop_steps", "delta_norm", "weight_norm"}
+    assert set(lines[0]) >= {
+        "search_time_s",
+        "update_time_s",
+        "stop_steps",
+        "delta_norm",
+        "weight_norm",
+    }
     run = json.loads((root / "run" / "run.json").read_text())
     assert run["config"]["templates"][0] == ["{}"]
     dump = np.load(root / "dump" / "batch_000.npz")
@@ -73,18 +122,31 @@ def test_run_writes_logs_dumps_and_model(setup):
     assert dump["keys_L1"].shape == (43, 2) and dump["delta_L2"].shape == (30, 43)
     edited = jaxedit.load(root / "out")
     kernel = np.asarray(edited.params["transformer"]["h"][2]["mlp"]["c_proj"]["kernel"][...])
-    original = np.asarray(jaxedit.load(root / "model").params["transformer"]["h"][2]["mlp"]["c_proj"]["kernel"][...])
+    original = np.asarray(
+        jaxedit.load(root / "model").params["transformer"]["h"][2]["mlp"]["c_proj"]["kernel"][...]
+    )
     d1 = np.load(root / "dump" / "batch_001.npz")["delta_L2"]
     np.testing.assert_allclose(kernel - original, (dump["delta_L2"] + d1).T, atol=1e-5)
 
 
 def test_bad_input_exits_nonzero_and_writes_no_model(setup):
     root = setup
-    bad = REQUESTS + [{"prompt": "{} is made of", "subject": "Dan", "target_new": "gold",
-                       "target_true": " Gold "}]
+    bad = [
+        *REQUESTS,
+        {
+            "prompt": "{} is made of",
+            "subject": "Dan",
+            "target_new": "gold",
+            "target_true": " Gold ",
+        },
+    ]
     (root / "bad.json").write_text(json.dumps(bad))
-    out = _run(root, f"--requests={root / 'bad.json'}", f"--workdir={root / 'badrun'}",
-               f"--export_dir={root / 'badout'}")
+    out = _run(
+        root,
+        f"--requests={root / 'bad.json'}",
+        f"--workdir={root / 'badrun'}",
+        f"--export_dir={root / 'badout'}",
+    )
     assert out.returncode != 0
     assert "target" in out.stderr and "record 3" in out.stderr
     assert not (root / "badout").exists()
@@ -105,10 +167,12 @@ def _strip_times(obj):
     return obj
 
 
-@pytest.mark.slow  # six binary runs (≈ 3 min on 2 cores); CI runs it (.ci/run: -m slow)
+# six binary runs (≈ 3 min on 2 cores); CI runs it (.ci/run: -m slow)
+@pytest.mark.slow
 def test_protocol_resumes_without_losing_or_repeating_edits(setup):
-    """The paper's protocol (baseline, per-batch eval, downstream every 2 batches, activation shares,
-    final metrics with GE): a run stopped after one batch and resumed equals an uninterrupted one."""
+    """The paper's protocol (baseline, per-batch eval, downstream every 2 batches, activation
+    shares, final metrics with GE): a run stopped after one batch and resumed equals an
+    uninterrupted one."""
     root = setup
     common = (f"--requests={root / 'requests.json'}", *PROTOCOL)
     full = _run(root, *common, f"--workdir={root / 'full'}", f"--export_dir={root / 'full_out'}")
@@ -116,16 +180,22 @@ def test_protocol_resumes_without_losing_or_repeating_edits(setup):
     part = _run(root, *common, f"--workdir={root / 'part'}", "--max_batches=1")
     assert part.returncode == 0, part.stderr[-3000:]
     assert not (root / "part" / "final.json").exists()
-    # Simulate a crash after the next batch's log line but before its checkpoint: the line is redone.
+    # Simulate a crash after the next batch's log line but before its checkpoint: the line is
+    # redone.
     with open(root / "part" / "batches.jsonl", "a") as f:
         f.write(json.dumps({"batch": 1, "num_edits": 99}) + "\n")
     rest = _run(root, *common, f"--workdir={root / 'part'}", f"--export_dir={root / 'part_out'}")
     assert rest.returncode == 0, rest.stderr[-3000:]
     for a, b in zip(_kernels(root / "full_out"), _kernels(root / "part_out")):
         np.testing.assert_array_equal(a, b)
-    read = lambda run, name: [json.loads(l) for l in (root / run / name).read_text().splitlines()]
+
+    def read(run, name):
+        return [json.loads(l) for l in (root / run / name).read_text().splitlines()]
+
     assert [l["num_edits"] for l in read("part", "batches.jsonl")] == [1, 2, 3]
-    assert _strip_times(read("full", "batches.jsonl")) == _strip_times(read("part", "batches.jsonl"))
+    assert _strip_times(read("full", "batches.jsonl")) == _strip_times(
+        read("part", "batches.jsonl")
+    )
     down = read("full", "downstream.jsonl")
     assert [d["num_edits"] for d in down] == [0, 2, 3]  # baseline, every 2 batches, the end
     assert set(down[1]["tasks"]["sst2"]) >= {"f1", "f1_new", "mcc", "invalid"}
@@ -138,16 +208,30 @@ def test_protocol_resumes_without_losing_or_repeating_edits(setup):
     final = json.loads((root / "full" / "final.json").read_text())
     assert final["num_edits"] == 3 and final["evaluated"]["num_records"] == 3
     assert final["after"]["GE"] > 0 and final["before"]["GE"] > 0
-    assert _strip_times(final) == _strip_times(json.loads((root / "part" / "final.json").read_text()))
+    assert _strip_times(final) == _strip_times(
+        json.loads((root / "part" / "final.json").read_text())
+    )
     # Another configuration in the same directory is refused, not mixed in.
     other = _run(root, *common, f"--workdir={root / 'full'}", "--method=MEMIT_seq")
     assert other.returncode != 0 and "another run" in other.stderr
     # A reused baseline must match; snapshots can be re-evaluated with a task added later.
-    again = _run(root, *common, f"--workdir={root / 'reuse'}", f"--baseline={root / 'full' / 'baseline.json'}",
-                 "--max_batches=0")
+    again = _run(
+        root,
+        *common,
+        f"--workdir={root / 'reuse'}",
+        f"--baseline={root / 'full' / 'baseline.json'}",
+        "--max_batches=0",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
-    added = _run(root, f"--requests={root / 'requests.json'}", "--batch_size=1", "--downstream=sst2,cola",
-                 *PROTOCOL[2:], f"--workdir={root / 'full'}", "--evaluate_snapshots")
+    added = _run(
+        root,
+        f"--requests={root / 'requests.json'}",
+        "--batch_size=1",
+        "--downstream=sst2,cola",
+        *PROTOCOL[2:],
+        f"--workdir={root / 'full'}",
+        "--evaluate_snapshots",
+    )
     assert added.returncode == 0, added.stderr[-3000:]
     rows = read("full", "downstream.jsonl")
     assert [d["num_edits"] for d in rows] == [0, 2, 3] and all("cola" in d["tasks"] for d in rows)

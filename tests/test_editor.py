@@ -1,4 +1,4 @@
-"""The sequential editor (SPEC §3, §4, §10) on tiny random models with the GPT-2 tokenizer.
+"""The sequential editor (reference §3, §4, §10) on tiny random models with the GPT-2 tokenizer.
 
 The previous-edit cache, edits that land, exact rollback, failure atomicity (bad requests, NaNs),
 replaying given targets, every method once, and the reference-hparams import.
@@ -27,20 +27,29 @@ LAYERS = (1, 2)
 COV_WEIGHT = 1.0  # small λ_p so that the tiny model's edits land
 NORM_LAMBDA = 1.0  # ENCORE's λ_n
 BATCHES = (  # subject last, one-token targets (see test_search)
-    (EditRequest(0, "I like {}", "Paris", "Rome"),
-     EditRequest(1, "We met {}", "John", " piano")),
-    (EditRequest(2, "They drink {}", "coffee", " snow"),
-     EditRequest(3, "She saw {}", "Mary", " Tokyo")),
-    (EditRequest(4, "He plays {}", "music", " tea"),
-     EditRequest(5, "We visited {}", "Berlin", " Madrid")),
+    (EditRequest(0, "I like {}", "Paris", "Rome"), EditRequest(1, "We met {}", "John", " piano")),
+    (
+        EditRequest(2, "They drink {}", "coffee", " snow"),
+        EditRequest(3, "She saw {}", "Mary", " Tokyo"),
+    ),
+    (
+        EditRequest(4, "He plays {}", "music", " tea"),
+        EditRequest(5, "We visited {}", "Berlin", " Madrid"),
+    ),
 )
 
 
 def make_editor(lm, layer_stats, method: str, max_journal: int = 16) -> editor.Editor:
-    solve_cfg = config.SolveConfig(cov_weight=COV_WEIGHT,
-                                   norm_lambda=NORM_LAMBDA if method == "ENCORE" else 0.0)
-    cfg = config.EditConfig(method=method, layers=LAYERS, search=dataclasses.replace(FIXED),
-                            solve=solve_cfg, templates=TEMPLATES)
+    solve_cfg = config.SolveConfig(
+        cov_weight=COV_WEIGHT, norm_lambda=NORM_LAMBDA if method == "ENCORE" else 0.0
+    )
+    cfg = config.EditConfig(
+        method=method,
+        layers=LAYERS,
+        search=dataclasses.replace(FIXED),
+        solve=solve_cfg,
+        templates=TEMPLATES,
+    )
     return editor.Editor(lm, cfg, layer_stats, TEMPLATES, max_journal=max_journal)
 
 
@@ -73,8 +82,13 @@ def assert_same(a, b):
 
 
 def snapshot(state: editor.EditState) -> dict:
-    return dict(params=leaves(state.params), kkt=leaves(state.prev_kkt), journal=state.journal,
-                num_edits=state.num_edits, base=leaves(state.base_kernels))
+    return dict(
+        params=leaves(state.params),
+        kkt=leaves(state.prev_kkt),
+        journal=state.journal,
+        num_edits=state.num_edits,
+        base=leaves(state.base_kernels),
+    )
 
 
 def assert_unchanged(state: editor.EditState, snap: dict):
@@ -143,9 +157,14 @@ def _first_layer_update(ed, report, prev_kkt):
     """§3/§4 at the first layer: R = (Z - h0) / L, dW = (λ_p C0 + λ_n I + S_prev + K Kᵀ)⁻¹ K Rᵀ."""
     l = LAYERS[0]
     resid = jnp.asarray((report.targets - report.target_init).T / len(LAYERS))
-    return solve.memit_update(jnp.asarray(report.keys[l]), resid, ed.stats.cov[l],
-                              cov_weight=float(ed.cfg.solve.cov_weight),
-                              norm_lambda=float(ed.cfg.solve.norm_lambda), prev_kkt=prev_kkt)
+    return solve.memit_update(
+        jnp.asarray(report.keys[l]),
+        resid,
+        ed.stats.cov[l],
+        cov_weight=float(ed.cfg.solve.cov_weight),
+        norm_lambda=float(ed.cfg.solve.norm_lambda),
+        prev_kkt=prev_kkt,
+    )
 
 
 def assert_close_update(got, want):
@@ -161,8 +180,9 @@ def test_prev_kkt_is_the_sum_of_key_grams(run, request):
         grams = [r.keys[l].astype(np.float64) @ r.keys[l].astype(np.float64).T for r in reports]
         scale = np.abs(grams[0]).max()
         np.testing.assert_allclose(states[1].prev_kkt[l], grams[0], rtol=1e-5, atol=1e-6 * scale)
-        np.testing.assert_allclose(states[2].prev_kkt[l], grams[0] + grams[1], rtol=1e-5,
-                                   atol=1e-6 * scale)
+        np.testing.assert_allclose(
+            states[2].prev_kkt[l], grams[0] + grams[1], rtol=1e-5, atol=1e-6 * scale
+        )
     if ed.cfg.method == "ENCORE":  # the second batch's update used the first batch's keys
         want = _first_layer_update(ed, reports[1], states[1].prev_kkt[LAYERS[0]])
         assert_close_update(reports[1].deltas[LAYERS[0]], want)
@@ -220,9 +240,13 @@ def test_rollback_with_short_journal(llama, llama_stats):
 
 BAD_BATCHES = {
     "target_new_equals_target_true": [
-        BATCHES[2][0], EditRequest(9, "We visited {}", "Berlin", " Madrid", "madrid ")],
+        BATCHES[2][0],
+        EditRequest(9, "We visited {}", "Berlin", " Madrid", "madrid "),
+    ],
     "subject_not_in_prompt": [
-        BATCHES[2][0], EditRequest(9, "We visited Rome", "Berlin", " Madrid")],
+        BATCHES[2][0],
+        EditRequest(9, "We visited Rome", "Berlin", " Madrid"),
+    ],
     "duplicate_prompt_and_subject": [BATCHES[2][0], dataclasses.replace(BATCHES[2][0], case_id=9)],
     "duplicate_case_id": [BATCHES[2][0], dataclasses.replace(BATCHES[2][1], case_id=4)],
 }
@@ -293,8 +317,16 @@ def test_every_method_runs_one_batch(method, lm, lm_stats):
 
 def test_from_reference_hparams(tmp_path):
     base = config.EditConfig()
-    hp = {"layers": [3, 4], "v_lr": 0.1, "v_num_grad_steps": 20, "prob_cutoff": -2, "L2": 5.0,
-          "mom2_update_weight": 100.0, "update_norm_lambda": 2.0, "fact_token": "subject_last"}
+    hp = {
+        "layers": [3, 4],
+        "v_lr": 0.1,
+        "v_num_grad_steps": 20,
+        "prob_cutoff": -2,
+        "L2": 5.0,
+        "mom2_update_weight": 100.0,
+        "update_norm_lambda": 2.0,
+        "fact_token": "subject_last",
+    }
     cfg = config.from_reference_hparams(hp, base=base, method="ENCORE")
     assert cfg.layers == (3, 4) and cfg.method == "ENCORE"
     assert (cfg.search.lr, cfg.search.num_steps) == (0.1, 20)

@@ -28,10 +28,28 @@ SMOLLM2_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Byte-level BPE vocabulary: 3 control tokens, single characters, merged words, one user-defined.
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHARS = list("acdehlnorstwxyz") + ["Ġ", "!", ",", "1", "2", "A", "T"]
+CHARS = [*"acdehlnorstwxyz", "Ġ", "!", ",", "1", "2", "A", "T"]
 MERGES = [
-    "h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d", "Ġ t", "Ġt he",
-    "a t", "Ġ c", "Ġc at", "Ġ s", "Ġs at", "T he", "Ġ a", "o n", "Ġ on",
+    "h e",
+    "l l",
+    "he ll",
+    "hell o",
+    "Ġ w",
+    "o r",
+    "Ġw or",
+    "Ġwor l",
+    "Ġworl d",
+    "Ġ t",
+    "Ġt he",
+    "a t",
+    "Ġ c",
+    "Ġc at",
+    "Ġ s",
+    "Ġs at",
+    "T he",
+    "Ġ a",
+    "o n",
+    "Ġ on",
 ]
 
 
@@ -51,8 +69,10 @@ def _vocab(size: int) -> tuple[list[str], list[int], list[str]]:
 
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp convert_hf_to_gguf.py `LlamaModel.permute`, copied independently of jaxedit."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(
-        w.shape
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
     )
 
 
@@ -60,8 +80,16 @@ def random_hf_llama(
     *, vocab=61, d=24, heads=3, kv_heads=1, head_dim=8, ff=40, layers=2, tied=True, seed=0
 ) -> tuple[dict, dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    cfg = {"vocab": vocab, "d": d, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
-           "ff": ff, "layers": layers, "tied": tied}
+    cfg = {
+        "vocab": vocab,
+        "d": d,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "ff": ff,
+        "layers": layers,
+        "tied": tied,
+    }
     t = {"model.embed_tokens.weight": rng.standard_normal((vocab, d)).astype(np.float32)}
     for i in range(layers):
         p = f"model.layers.{i}."
@@ -85,9 +113,14 @@ def random_hf_llama(
 
 
 _TO_GGUF = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
 }
 
@@ -96,8 +129,11 @@ def gguf_name(hf: str) -> str:
     if hf.startswith("model.layers."):
         _, _, i, rest = hf.split(".", 3)
         return f"blk.{i}.{_TO_GGUF[rest.removesuffix('.weight')]}.weight"
-    return {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight":
-            "output_norm.weight", "lm_head.weight": "output.weight"}[hf]
+    return {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }[hf]
 
 
 def write_gguf(
@@ -185,9 +221,10 @@ def test_permutation_turns_rotate_half_into_adjacent_pair_rope():
     w_hf, x = rng.standard_normal((heads * hd, d_in)), rng.standard_normal(d_in)
     ang = pos * 10000.0 ** -(np.arange(0, hd, 2) / hd)
     q = (w_hf @ x).reshape(heads, hd)
-    x1, x2 = q[:, : hd // 2], q[:, hd // 2:]
-    hf_rot = np.concatenate([x1 * np.cos(ang) - x2 * np.sin(ang),
-                             x2 * np.cos(ang) + x1 * np.sin(ang)], -1)
+    x1, x2 = q[:, : hd // 2], q[:, hd // 2 :]
+    hf_rot = np.concatenate(
+        [x1 * np.cos(ang) - x2 * np.sin(ang), x2 * np.cos(ang) + x1 * np.sin(ang)], -1
+    )
     p = (permute_qk_for_gguf(w_hf, heads) @ x).reshape(heads, hd // 2, 2)
     a, b = p[..., 0], p[..., 1]
     cpp_rot = np.stack([a * np.cos(ang) - b * np.sin(ang), b * np.cos(ang) + a * np.sin(ang)], -1)
@@ -208,11 +245,23 @@ def test_tiny_config(tiny):
     hf = tiny[3][0]
     assert hf["model_type"] == "llama" and hf["architectures"] == ["LlamaForCausalLM"]
     expect = {
-        "vocab_size": 61, "hidden_size": 24, "intermediate_size": 40, "num_hidden_layers": 2,
-        "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 8, "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0, "max_position_embeddings": 128, "tie_word_embeddings": True,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "hidden_act": "silu",
-        "attention_bias": False, "mlp_bias": False,
+        "vocab_size": 61,
+        "hidden_size": 24,
+        "intermediate_size": 40,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 3,
+        "num_key_value_heads": 1,
+        "head_dim": 8,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 128,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
     }
     assert {k: hf[k] for k in expect} == expect
     assert "rope_scaling" not in hf
@@ -227,12 +276,23 @@ def test_tiny_tokenizer(tiny):
     assert ids == [tokens.index("hello"), tokens.index("Ġworld")]  # no BOS
     ids = tok("<|im_start|>The cat<think>sat<|im_end|>")["input_ids"]
     # "sat" without a leading space has no merge ("Ġs at" only): "s" + "at".
-    assert tok.convert_ids_to_tokens(ids) == ["<|im_start|>", "The", "Ġcat", "<think>", "s", "at",
-                                              "<|im_end|>"]
+    assert tok.convert_ids_to_tokens(ids) == [
+        "<|im_start|>",
+        "The",
+        "Ġcat",
+        "<think>",
+        "s",
+        "at",
+        "<|im_end|>",
+    ]
     assert tok.decode(ids, skip_special_tokens=True) == "The cat<think>sat"
     assert tok.decode(tok("the cat, on 12!")["input_ids"]) == "the cat, on 12!"
     assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == (
-        "<|im_start|>", "<|im_end|>", "<|im_end|>", "<|endoftext|>")
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+    )
     assert tok.padding_side == "right" and len(tok) == 61
     batch = tok(["hello", "hello world"], padding=True)
     assert batch["input_ids"][0] == [tokens.index("hello"), 2]
@@ -270,8 +330,11 @@ def test_q8_0(tmp_path):
 
 def test_rope_scaling(tmp_path):
     cfg, tensors = random_hf_llama(layers=1)
-    hf, _, _ = read_gguf(write_gguf(tmp_path / "linear.gguf", cfg, tensors,
-                                    rope_scaling={"type": "linear", "factor": 4.0}))
+    hf, _, _ = read_gguf(
+        write_gguf(
+            tmp_path / "linear.gguf", cfg, tensors, rope_scaling={"type": "linear", "factor": 4.0}
+        )
+    )
     assert hf["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
 
     # llama.cpp stores Llama 3.1 scaling as per-frequency divisors in rope_freqs.weight.
@@ -279,14 +342,21 @@ def test_rope_scaling(tmp_path):
     wavelen = 2 * math.pi / theta ** -(np.arange(0, hd, 2) / hd)
     smooth = np.clip((64 / wavelen - 1.0) / (4.0 - 1.0), 0, 1)
     freqs = (1 / ((1 - smooth) / 4.0 + smooth)).astype(np.float32)
-    assert 1 < len(set(freqs.tolist()))
-    hf, got, _ = read_gguf(write_gguf(tmp_path / "llama3.gguf", cfg, tensors,
-                                      extra_tensors={"rope_freqs.weight": freqs}))
+    assert len(set(freqs.tolist())) > 1
+    hf, got, _ = read_gguf(
+        write_gguf(
+            tmp_path / "llama3.gguf", cfg, tensors, extra_tensors={"rope_freqs.weight": freqs}
+        )
+    )
     rs = hf["rope_scaling"]
     assert rs["rope_type"] == "llama3" and rs["factor"] == pytest.approx(4.0)
     x = 1 / wavelen
-    s = np.clip((rs["original_max_position_embeddings"] * x - rs["low_freq_factor"])
-                / (rs["high_freq_factor"] - rs["low_freq_factor"]), 0, 1)
+    s = np.clip(
+        (rs["original_max_position_embeddings"] * x - rs["low_freq_factor"])
+        / (rs["high_freq_factor"] - rs["low_freq_factor"]),
+        0,
+        1,
+    )
     np.testing.assert_allclose(1 / ((1 - s) / rs["factor"] + s), freqs, rtol=1e-5)
     assert "rope_freqs.weight" not in got
 
@@ -302,8 +372,12 @@ def test_all_tensor_problems_reported_at_once(tmp_path):
     cfg, tensors = random_hf_llama(layers=2)
     del tensors["model.layers.1.mlp.up_proj.weight"]
     tensors["model.layers.0.mlp.down_proj.weight"] = np.zeros((24, 39), np.float32)
-    path = write_gguf(tmp_path / "bad.gguf", cfg, tensors,
-                      extra_tensors={"blk.0.attn_q.bias": np.zeros(24, np.float32)})
+    path = write_gguf(
+        tmp_path / "bad.gguf",
+        cfg,
+        tensors,
+        extra_tensors={"blk.0.attn_q.bias": np.zeros(24, np.float32)},
+    )
     with pytest.raises(ValueError) as err:
         read_gguf(path)
     msg = str(err.value)
@@ -321,8 +395,14 @@ def test_read_gguf_does_not_import_torch(tiny):
         "assert tok('hello world')['input_ids'] and len(t) > 0\n"
     )
     root = Path(__file__).parents[1]
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -340,10 +420,19 @@ def _check_smollm2(path: Path) -> None:
         pytest.skip(f"golden fixtures not found under {GOLDEN} (set JAXEDIT_SHARED)")
     hf, tensors, tok = read_gguf(path)
     expect = {
-        "num_hidden_layers": 30, "hidden_size": 576, "num_attention_heads": 9,
-        "num_key_value_heads": 3, "head_dim": 64, "intermediate_size": 1536, "vocab_size": 49152,
-        "rope_theta": 100000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2,
+        "num_hidden_layers": 30,
+        "hidden_size": 576,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "head_dim": 64,
+        "intermediate_size": 1536,
+        "vocab_size": 49152,
+        "rope_theta": 100000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
     }
     assert {k: hf[k] for k in expect} == expect
     assert "lm_head.weight" not in tensors and len(tensors) == 2 + 30 * 9
@@ -365,7 +454,7 @@ def _llama_layer(cfg: dict, t: dict[str, np.ndarray], i: int, h: np.ndarray) -> 
     n, hd = h.shape[0], cfg["head_dim"]
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     p = f"model.layers.{i}."
-    w = {k[len(p):]: v.astype(np.float64) for k, v in t.items() if k.startswith(p)}
+    w = {k[len(p) :]: v.astype(np.float64) for k, v in t.items() if k.startswith(p)}
     h = h.astype(np.float64)
 
     def norm(x, g):
@@ -375,7 +464,7 @@ def _llama_layer(cfg: dict, t: dict[str, np.ndarray], i: int, h: np.ndarray) -> 
     cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
 
     def rope(x):
-        half = np.concatenate([-x[..., hd // 2:], x[..., : hd // 2]], -1)
+        half = np.concatenate([-x[..., hd // 2 :], x[..., : hd // 2]], -1)
         return x * cos[:, None] + half * sin[:, None]
 
     x = norm(h, w["input_layernorm.weight"])

@@ -1,8 +1,9 @@
-"""Golden parity with the authors' PyTorch code on SmolLM2 (shared/golden, tolerances from its README).
+"""Golden parity with the authors' PyTorch code on SmolLM2 (shared/golden, tolerances from its
+README).
 
 Two sequential batches of ten CounterFact edits for MEMIT (the ENC sequential baseline), ENCORE and
-AlphaEdit: C0, target_init, keys, z, the stop step of every request and ΔW per layer, end to end and given
-the golden z.
+AlphaEdit: C0, target_init, keys, z, the stop step of every request and ΔW per layer, end to end and
+given the golden z.
 """
 
 from __future__ import annotations
@@ -65,10 +66,14 @@ def test_c0_from_saved_text_matches(smollm2, golden, tmp_path):
     got = stats.layer_stats(smollm2, (4,), path, num_samples=40, cache_dir=tmp_path / "cache")
     cov = golden["cov"]
     ids, off = cov["token_ids_concat"], cov["token_offsets"]
-    ref, _ = stats.collect_second_moments(smollm2, [ids[off[i] : off[i + 1]] for i in range(40)], (4,))
+    ref, _ = stats.collect_second_moments(
+        smollm2, [ids[off[i] : off[i + 1]] for i in range(40)], (4,)
+    )
     assert rel(got.cov[4], ref[4]) <= 1e-5
     again = stats.layer_stats(smollm2, (4,), path, num_samples=40, cache_dir=tmp_path / "cache")
-    np.testing.assert_array_equal(np.asarray(again.cov[4]), np.asarray(got.cov[4]))  # from the cache
+    np.testing.assert_array_equal(
+        np.asarray(again.cov[4]), np.asarray(got.cov[4])
+    )  # from the cache
 
 
 def _editor(smollm2, golden, c0, method):
@@ -78,7 +83,9 @@ def _editor(smollm2, golden, c0, method):
     st = editor.LayerStats(cov={l: jnp.asarray(c0[l]) for l in LAYERS})
     if method == "AlphaEdit":
         for l in LAYERS:
-            st.null_proj[l] = solve.null_space_projector(st.cov[l], cfg.solve.nullspace_threshold)[0]
+            st.null_proj[l] = solve.null_space_projector(st.cov[l], cfg.solve.nullspace_threshold)[
+                0
+            ]
     return editor.Editor(smollm2, cfg, st, meta["context_templates"])
 
 
@@ -97,7 +104,9 @@ def test_sequential_batches_end_to_end(smollm2, golden, c0, method):
     off_by_one = 0
     for b in range(2):
         state, rep = ed.apply(state, golden["requests"][10 * b : 10 * b + 10])
-        ref_steps = [r["stop_it"] for r in golden["meta"]["methods"][method]["batches"][b]["requests"]]
+        ref_steps = [
+            r["stop_it"] for r in golden["meta"]["methods"][method]["batches"][b]["requests"]
+        ]
         diff = np.abs(rep.stop_steps - np.array(ref_steps))
         assert diff.max() <= 1, (rep.stop_steps.tolist(), ref_steps)
         off_by_one += int((diff == 1).sum())

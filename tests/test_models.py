@@ -111,19 +111,35 @@ def test_probe_layer_out_of_range_is_an_error():
 
 
 LLAMA3_8B = {
-    "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
-    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+    "model_type": "llama",
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
     "tie_word_embeddings": False,
 }
-GPT2_XL = {"model_type": "gpt2", "vocab_size": 50257, "n_embd": 1600, "n_layer": 48, "n_head": 25,
-           "n_positions": 1024}
+GPT2_XL = {
+    "model_type": "gpt2",
+    "vocab_size": 50257,
+    "n_embd": 1600,
+    "n_layer": 48,
+    "n_head": 25,
+    "n_positions": 1024,
+}
 
 
-@pytest.mark.parametrize("hf,params,rewrite", [
-    (LLAMA3_8B, 8_030_261_248, (14336, 4096)),
-    (GPT2_XL, 1_557_611_200, (6400, 1600)),
-])
+@pytest.mark.parametrize(
+    "hf,params,rewrite",
+    [
+        (LLAMA3_8B, 8_030_261_248, (14336, 4096)),
+        (GPT2_XL, 1_557_611_200, (6400, 1600)),
+    ],
+)
 def test_full_size_shapes_without_memory(hf, params, rewrite):
     cfg = ModelConfig.from_hf(hf)
     abstract = models.build_abstract(cfg)
@@ -137,8 +153,16 @@ def test_full_size_shapes_without_memory(hf, params, rewrite):
 
 
 def test_config_layouts_and_rejections():
-    old = dict(LLAMA3_8B, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    old = dict(
+        LLAMA3_8B,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    )
     new = dict(LLAMA3_8B)
     new.pop("rope_theta")
     new["rope_parameters"] = {"rope_theta": 500000.0, **old["rope_scaling"]}
@@ -159,7 +183,8 @@ def test_config_layouts_and_rejections():
 
 
 def test_window_mode_equals_full_pass(family):
-    """Re-running only a window of positions from cached keys/values gives the full pass's outputs."""
+    """Re-running only a window of positions from cached keys/values gives the full pass's
+    outputs."""
     cfg = tiny_config(family)
     model = models.build(cfg)
     ids, mask = _batch()
@@ -172,19 +197,29 @@ def test_window_mode_equals_full_pass(family):
     rows = jnp.arange(2)[:, None]
     window_pos = start[:, None] + jnp.arange(w)[None, :]
     hidden = clean.residuals[z][rows, window_pos]
-    out = model(ids, mask, Probe(
-        hidden=hidden, start_layer=z + 1, window_start=start, kv_cache=clean.kv,
-        delta=delta, delta_index=jnp.zeros(2, jnp.int32), delta_layer=z,
-        logits_index=jnp.array([[0, 1, 2], [0, 1, 2]]),
-    ))
+    out = model(
+        ids,
+        mask,
+        Probe(
+            hidden=hidden,
+            start_layer=z + 1,
+            window_start=start,
+            kv_cache=clean.kv,
+            delta=delta,
+            delta_index=jnp.zeros(2, jnp.int32),
+            delta_layer=z,
+            logits_index=jnp.array([[0, 1, 2], [0, 1, 2]]),
+        ),
+    )
     expected = full.logits[rows, window_pos]
     np.testing.assert_allclose(out.logits[0], expected[0], atol=1e-5)
     np.testing.assert_allclose(out.logits[1, :3], expected[1, :3], atol=1e-5)  # row 1 real: 1..3
 
 
 def test_window_from_layer0_is_a_kv_cached_decode_step(family):
-    """Window mode from the embedding (one token over the cache) = the full pass at that position, and
-    the cached greedy decoder equals step-by-step argmax over full passes, rows of different lengths."""
+    """Window mode from the embedding (one token over the cache) = the full pass at that position,
+    and the cached greedy decoder equals step-by-step argmax over full passes, rows of different
+    lengths."""
     from jaxedit.lm import _decode
 
     cfg = tiny_config(family)
@@ -204,5 +239,13 @@ def test_window_from_layer0_is_a_kv_cached_decode_step(family):
     b = _decode(graphdef, params, ids, lengths, 5, jnp.int32(-1), jax.random.key(3), 4)
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="window mode"):
-        model(ids, None, Probe(window_start=lengths, start_layer=0, hidden=jnp.zeros((2, 1, cfg.hidden_size)),
-                               kv_cache={}))
+        model(
+            ids,
+            None,
+            Probe(
+                window_start=lengths,
+                start_layer=0,
+                hidden=jnp.zeros((2, 1, cfg.hidden_size)),
+                kv_cache={},
+            ),
+        )

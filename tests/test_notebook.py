@@ -2,8 +2,8 @@
 
 The notebook runs in a real Jupyter kernel (nbclient + ipykernel) started with this interpreter
 (`sys.executable`, through a kernel spec written to a temporary JUPYTER_PATH), from experiments/ as
-Jupyter would, with JAXEDIT_NOTEBOOK_TINY=1 (random tiny Llama, configs/tiny.py, 4 CounterFact edits),
-JAX_PLATFORMS=cpu, JAXEDIT_DATA = the shared data folder and a temporary JAXEDIT_CACHE.
+Jupyter would, with JAXEDIT_NOTEBOOK_TINY=1 (random tiny Llama, configs/tiny.py, 4 CounterFact
+edits), JAX_PLATFORMS=cpu, JAXEDIT_DATA = the shared data folder and a temporary JAXEDIT_CACHE.
 """
 
 from __future__ import annotations
@@ -48,10 +48,16 @@ def test_notebook_is_committed_clean():
 
 @pytest.mark.slow  # a Jupyter kernel editing a tiny model (≈ 1 min); CI runs it (.ci/run: -m slow)
 def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install -e '.[test]')")
-    nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pip install -e '.[test]')")
+    nbformat = pytest.importorskip(
+        "nbformat", reason="nbformat is not installed (pip install -e '.[test]')"
+    )
+    nbclient = pytest.importorskip(
+        "nbclient", reason="nbclient is not installed (pip install -e '.[test]')"
+    )
     pytest.importorskip("ipykernel", reason="ipykernel is not installed (pip install -e '.[test]')")
-    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install -e '.[test]')")
+    pytest.importorskip(
+        "matplotlib", reason="matplotlib is not installed (pip install -e '.[test]')"
+    )
     data = require_shared("data")
     for part in (("gpt2_tokenizer", "vocab.json"), ("counterfact", "counterfact-edit.json")):
         require_shared("data", *part)
@@ -59,11 +65,15 @@ def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch):
     # A kernel spec that runs this interpreter, whatever "python3" resolves to on the machine.
     spec = tmp_path / "jupyter" / "kernels" / KERNEL
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "jaxedit test (python3)",
-        "language": "python",
-    }))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "jaxedit test (python3)",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
@@ -74,8 +84,13 @@ def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch):
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws the figure
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=300, startup_timeout=120,
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client = nbclient.NotebookClient(
+        nb,
+        kernel_name=KERNEL,
+        timeout=300,
+        startup_timeout=120,
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    )
     client.execute()  # raises CellExecutionError (with the cell's traceback) on any error
 
     cells = _cells(nb)
@@ -87,16 +102,22 @@ def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch):
     after = _text(cells["after"])
     assert "before:" in after and "after :" in after, after
     # The figure was drawn (inline PNG) by the plot cell.
-    assert any("image/png" in o.get("data", {}) for o in cells["plot"]["outputs"]), cells["plot"]["outputs"]
+    assert any("image/png" in o.get("data", {}) for o in cells["plot"]["outputs"]), cells["plot"][
+        "outputs"
+    ]
     assert "figure: 2 panels, 3 points per layer" in _text(cells["plot"])
     # Export round trip is exact.
-    m = re.search(r"round trip: max \|logits\(edited\) - logits\(reloaded\)\| = (\S+)", _text(cells["export"]))
+    m = re.search(
+        r"round trip: max \|logits\(edited\) - logits\(reloaded\)\| = (\S+)", _text(cells["export"])
+    )
     assert m and float(m.group(1)) == 0.0, _text(cells["export"])
     summary = _text(cells["summary"])
     for key in ("ES", "PS", "NS", "S"):
         m = re.search(rf"^{key} before -> after: (\S+) -> (\S+)$", summary, re.M)
         assert m, summary
         assert all(0.0 <= float(v) <= 100.0 for v in m.groups()), summary
-    assert "4 sequential edits in batches of 2" in summary and summary.rstrip().endswith("NOTEBOOK OK")
+    assert "4 sequential edits in batches of 2" in summary and summary.rstrip().endswith(
+        "NOTEBOOK OK"
+    )
     # C0 went to the temporary cache, not the user's.
     assert any((tmp_path / "cache" / "stats").rglob("*.npz"))

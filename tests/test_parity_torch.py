@@ -14,24 +14,67 @@ transformers = pytest.importorskip("transformers")
 import jaxedit  # noqa: E402
 from jaxedit import convert  # noqa: E402
 
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 8}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8,
+}
 
 CASES = {
-    "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=61, n_embd=30, n_head=3, n_layer=3, n_positions=67, n_inner=43,
-        bos_token_id=1, eos_token_id=2)),
-    "llama-gqa-untied": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=61, hidden_size=30, num_attention_heads=3, num_key_value_heads=1,
-        intermediate_size=43, num_hidden_layers=3, head_dim=10, tie_word_embeddings=False,
-        max_position_embeddings=67)),
-    "llama-llama3rope-tied": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=61, hidden_size=30, num_attention_heads=3, num_key_value_heads=3,
-        intermediate_size=43, num_hidden_layers=3, head_dim=14, tie_word_embeddings=True,
-        rope_theta=500000.0, rope_scaling=LLAMA3_ROPE, max_position_embeddings=67)),
-    "llama-mha-rms1e-6": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=61, hidden_size=30, num_attention_heads=5, num_key_value_heads=5,
-        intermediate_size=43, num_hidden_layers=2, rms_norm_eps=1e-6, max_position_embeddings=67)),
+    "gpt2": lambda: transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            vocab_size=61,
+            n_embd=30,
+            n_head=3,
+            n_layer=3,
+            n_positions=67,
+            n_inner=43,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    ),
+    "llama-gqa-untied": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=61,
+            hidden_size=30,
+            num_attention_heads=3,
+            num_key_value_heads=1,
+            intermediate_size=43,
+            num_hidden_layers=3,
+            head_dim=10,
+            tie_word_embeddings=False,
+            max_position_embeddings=67,
+        )
+    ),
+    "llama-llama3rope-tied": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=61,
+            hidden_size=30,
+            num_attention_heads=3,
+            num_key_value_heads=3,
+            intermediate_size=43,
+            num_hidden_layers=3,
+            head_dim=14,
+            tie_word_embeddings=True,
+            rope_theta=500000.0,
+            rope_scaling=LLAMA3_ROPE,
+            max_position_embeddings=67,
+        )
+    ),
+    "llama-mha-rms1e-6": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=61,
+            hidden_size=30,
+            num_attention_heads=5,
+            num_key_value_heads=5,
+            intermediate_size=43,
+            num_hidden_layers=2,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=67,
+        )
+    ),
 }
 
 
@@ -39,7 +82,7 @@ def _torch_model(name, tmp_path, dtype=None):
     torch.manual_seed(0)
     model = CASES[name]().eval()
     with torch.no_grad():  # non-trivial norm weights, so a mis-mapped scale shows up
-        for n, p in model.named_parameters():
+        for _n, p in model.named_parameters():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
     if dtype is not None:
@@ -62,7 +105,9 @@ def test_logits_match_pytorch(name, tmp_path):
     ref_model, path = _torch_model(name, tmp_path)
     ids, lengths, mask = _batch()
     with torch.no_grad():
-        ref = ref_model(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).logits
+        ref = ref_model(
+            torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)
+        ).logits
     ours = jaxedit.load(path).logits_from_ids(ids, lengths)
     real = mask.astype(bool)
     assert np.abs(ours[real] - ref.numpy()[real]).max() <= 1e-4
@@ -77,7 +122,9 @@ def test_export_loads_in_transformers(name, tmp_path):
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     ids, lengths, mask = _batch()
     with torch.no_grad():
-        theirs = reloaded(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).logits
+        theirs = reloaded(
+            torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)
+        ).logits
     ours = model.logits_from_ids(ids, lengths)
     real = mask.astype(bool)
     assert np.abs(ours[real] - theirs.numpy()[real]).max() <= 1e-4

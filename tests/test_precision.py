@@ -58,7 +58,10 @@ def model(gpt2_tok) -> LanguageModel:
 def _edit(lm: LanguageModel, matmul_precision: str) -> None:
     extra = {} if matmul_precision == "highest" else {"matmul_precision": matmul_precision}
     cfg = config.EditConfig(
-        method="ENCORE", layers=(1, 2), templates=TEMPLATES, **extra,
+        method="ENCORE",
+        layers=(1, 2),
+        templates=TEMPLATES,
+        **extra,
         search=config.SearchConfig(num_steps=3, mpes_patience=1),
         solve=config.SolveConfig(cov_weight=1.0, norm_lambda=1.0),
     )

@@ -1,15 +1,15 @@
-"""Edit-request parsing and validation (`jaxedit.requests`): every layout, every error, real data."""
+"""Edit-request parsing and validation (`jaxedit.requests`): every layout, every error, real
+data."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from jaxedit import hub
+from jaxedit.prompts import subject_last_index, subject_token_mismatch, with_leading_space
 from jaxedit.requests import (
     EditRequest,
     RequestError,
@@ -20,9 +20,7 @@ from jaxedit.requests import (
     validate_requests,
     zsre_neighborhood_prompt,
 )
-from jaxedit.prompts import subject_last_index, subject_token_mismatch, with_leading_space
 from jaxedit.testing import require_shared, smollm2_tokenizer
-
 
 NESTED = {
     "case_id": 7,
@@ -82,7 +80,12 @@ def test_nested_counterfact():
     r = parse_request(NESTED, 3)
     assert r.layout == "counterfact" == detect_layout(NESTED)
     assert (r.case_id, r.prompt, r.subject, r.target_new, r.target_true) == (
-        7, "The mother tongue of {} is", "Danielle Darrieux", "English", "French")
+        7,
+        "The mother tongue of {} is",
+        "Danielle Darrieux",
+        "English",
+        "French",
+    )
     assert r.paraphrase_prompts == ("Where Danielle Darrieux is from, people speak",)
     assert r.neighborhood_prompts == ("Michel Rocard is a native speaker of", "Jean Gabin spoke")
     assert r.neighborhood_target == "French"
@@ -94,8 +97,9 @@ def test_flat_counterfact_matches_nested():
     r = parse_request(FLAT, 0)
     assert r.layout == "counterfact_flat"
     nested = parse_request(NESTED, 0)
-    assert r == dataclasses.replace(nested, neighborhood_prompts=nested.neighborhood_prompts[:1],
-                                    generation_prompts=())
+    assert r == dataclasses.replace(
+        nested, neighborhood_prompts=nested.neighborhood_prompts[:1], generation_prompts=()
+    )
 
 
 def test_flat_replaces_first_occurrence_only():
@@ -105,10 +109,16 @@ def test_flat_replaces_first_occurrence_only():
 
 
 def test_flat_prompt_may_hold_placeholder_and_optional_fields():
-    r = parse_request({"prompt": "{} speaks", "subject": "Ann", "target_new": "Dutch",
-                       "ground_truth": "French"}, 4)
+    r = parse_request(
+        {"prompt": "{} speaks", "subject": "Ann", "target_new": "Dutch", "ground_truth": "French"},
+        4,
+    )
     assert (r.prompt, r.case_id, r.target_true, r.neighborhood_target) == (
-        "{} speaks", 4, "French", "French")
+        "{} speaks",
+        4,
+        "French",
+        "French",
+    )
     assert r.paraphrase_prompts == () and r.neighborhood_prompts == ()
 
 
@@ -163,8 +173,11 @@ def test_lists_become_tuples():
 @pytest.mark.parametrize(
     "record, field, words",
     [
-        ({**NESTED, "requested_rewrite": {**NESTED["requested_rewrite"], "subject": None}},
-         "requested_rewrite.subject", "missing field"),
+        (
+            {**NESTED, "requested_rewrite": {**NESTED["requested_rewrite"], "subject": None}},
+            "requested_rewrite.subject",
+            "missing field",
+        ),
         ({k: v for k, v in FLAT.items() if k != "target_new"}, "target_new", "missing field"),
         ({k: v for k, v in ZSRE.items() if k != "alt"}, "alt", "missing field"),
         (plain(subject=5), "subject", "must be a string"),
@@ -218,8 +231,12 @@ def test_batch_with_one_bad_record_lists_it():
 
 
 def test_every_problem_of_every_record_raised_once():
-    records = [plain(subject="A", prompt="{} x"), plain(subject=""), plain(target_new="Paris",
-               target_true="paris", subject="B", prompt="{} y"), 17]
+    records = [
+        plain(subject="A", prompt="{} x"),
+        plain(subject=""),
+        plain(target_new="Paris", target_true="paris", subject="B", prompt="{} y"),
+        17,
+    ]
     e = error_of(parse_requests, records, 10, source="batch.json")
     assert [p.index for p in e.problems] == [11, 12, 13]
     assert "3 problems with edit requests in batch.json" in str(e)
@@ -252,7 +269,11 @@ def test_validate_hand_built_requests():
     ]
     e = error_of(validate_requests, [good, *bad])
     assert [(p.index, p.field) for p in e.problems] == [
-        (1, "prompt"), (2, "target_new"), (3, "subject"), (4, "<record>")]
+        (1, "prompt"),
+        (2, "target_new"),
+        (3, "subject"),
+        (4, "<record>"),
+    ]
 
 
 def test_too_long_for_the_model(gpt2_tok):
@@ -289,8 +310,9 @@ def test_load_requests_formats(tmp_path):
 
 def test_load_requests_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([plain(), plain(prompt="Marie Curie was born in", subject="Nobody",
-                                              case_id=5)]))
+    bad.write_text(
+        json.dumps([plain(), plain(prompt="Marie Curie was born in", subject="Nobody", case_id=5)])
+    )
     e = error_of(load_requests, bad)
     assert str(bad) in str(e) and "record 1 (case_id 5)" in str(e)
     assert load_requests(bad, num=1)[0].subject == "Marie Curie"
@@ -341,7 +363,7 @@ def test_subject_last_index_matches_golden(smol_tok):
     assert len(contexts) == 6
     npz = np.load(golden / "MEMIT.npz")
     for b, batch in enumerate(meta["methods"]["MEMIT"]["batches"]):
-        batch_reqs = reqs[10 * b: 10 * b + 10]
+        batch_reqs = reqs[10 * b : 10 * b + 10]
         assert [r.case_id for r in batch_reqs] == batch["case_ids"]
         for j, r in enumerate(batch_reqs):
             idxs = []
@@ -350,16 +372,17 @@ def test_subject_last_index_matches_golden(smol_tok):
                 assert template.format(r.subject) == batch["key_prompts"][6 * j + k]
                 assert subject_token_mismatch(smol_tok, template, r.subject) is None
                 idxs.append(subject_last_index(smol_tok, template, r.subject))
-            assert idxs == batch["key_lookup_idxs"][6 * j: 6 * j + 6], (b, j)
+            assert idxs == batch["key_lookup_idxs"][6 * j : 6 * j + 6], (b, j)
             assert r.filled_prompt() == batch["zs_prompts"][j]
             assert subject_last_index(smol_tok, r.prompt, r.subject) == batch["zs_lookup_idxs"][j]
             kl = subject_last_index(smol_tok, "{} is a", r.subject)
-            assert npz[f"b{b}_r{j}_lookup_idxs"].tolist() == idxs + [kl], (b, j)
+            assert npz[f"b{b}_r{j}_lookup_idxs"].tolist() == [*idxs, kl], (b, j)
 
 
 def test_validate_with_smollm2_tokenizer(smol_tok):
-    reqs = load_requests(require_shared("golden", "requests.json"), tokenizer=smol_tok,
-                         max_tokens=8192)
+    reqs = load_requests(
+        require_shared("golden", "requests.json"), tokenizer=smol_tok, max_tokens=8192
+    )
     validate_requests(reqs[:10], smol_tok, max_tokens=8192)
 
 
@@ -375,8 +398,16 @@ def test_real_counterfact_flat_and_golden_nested():
     assert {r.layout for r in flat} == {"counterfact_flat"}
     assert {r.layout for r in golden} == {"counterfact"}
     assert flat[0] == golden[0]  # every field (layout is not compared)
-    core = ("case_id", "prompt", "subject", "target_new", "target_true", "paraphrase_prompts",
-            "neighborhood_prompts", "neighborhood_target")
+    core = (
+        "case_id",
+        "prompt",
+        "subject",
+        "target_new",
+        "target_true",
+        "paraphrase_prompts",
+        "neighborhood_prompts",
+        "neighborhood_target",
+    )
     by_id = {r.case_id: r for r in flat}
     shared = [g for g in golden if g.case_id in by_id]
     assert len(shared) >= 9
@@ -385,8 +416,9 @@ def test_real_counterfact_flat_and_golden_nested():
 
 
 def test_real_counterfact_train_sample():
-    reqs = load_requests(require_shared("data", "counterfact", "counterfact-train.json"),
-                         start=500, num=200)
+    reqs = load_requests(
+        require_shared("data", "counterfact", "counterfact-train.json"), start=500, num=200
+    )
     assert len(reqs) == 200 and reqs[0].prompt.count("{}") == 1
 
 

@@ -1,4 +1,5 @@
-"""Target-activation search (SPEC §2) on tiny random models that read the GPT-2 tokenizer's text.
+"""Target-activation search (reference §2) on tiny random models that read the GPT-2 tokenizer's
+text.
 
 Loss descent, MPES against the fixed-step search, no recompilation for a new learning rate, batched
 requests against one-by-one runs, padding requests, and the stop/step/clamp order of §2.6.
@@ -35,8 +36,13 @@ MPES = dataclasses.replace(FIXED, mpes_patience=2, loss_threshold=5e-2)
 
 def run_search(lm: LanguageModel, requests, hp: SearchConfig, pad_to: int | None = None, **kwargs):
     """The search result as host numpy arrays."""
-    batch, _ = search.build_search_batch(lm.tokenizer, requests, TEMPLATES, pad_requests_to=pad_to,
-                                         max_length=lm.config.max_position_embeddings)
+    batch, _ = search.build_search_batch(
+        lm.tokenizer,
+        requests,
+        TEMPLATES,
+        pad_requests_to=pad_to,
+        max_length=lm.config.max_position_embeddings,
+    )
     res = search.search_targets(lm.graphdef, lm.params, batch, hp, Z_LAYER, **kwargs)
     return jax.tree.map(np.asarray, res)
 
@@ -66,17 +72,21 @@ def test_mpes_stops_early_with_lower_probability(fixed, mpes, gpt2_tok):
     np.testing.assert_array_equal(fixed.stop_steps, n - 1)
     assert (mpes.stop_steps <= fixed.stop_steps).all(), mpes.stop_steps
     assert (mpes.stop_steps < fixed.stop_steps).any(), mpes.stop_steps
-    assert (mpes.target_prob <= fixed.target_prob + 1e-6).all(), (mpes.target_prob,
-                                                                   fixed.target_prob)
+    assert (mpes.target_prob <= fixed.target_prob + 1e-6).all(), (
+        mpes.target_prob,
+        fixed.target_prob,
+    )
     n_context = sum(len(group) for group in TEMPLATES[1:])
     for j, stop in enumerate(mpes.stop_steps):
         full = n_context * len(search.target_token_ids(gpt2_tok, REQUESTS[j].target_new))
         # Same trajectory as the fixed-step search up to the stop, nothing recorded after it.
-        np.testing.assert_allclose(mpes.history["loss"][: stop + 1, j],
-                                   fixed.history["loss"][: stop + 1, j], rtol=1e-5)
+        np.testing.assert_allclose(
+            mpes.history["loss"][: stop + 1, j], fixed.history["loss"][: stop + 1, j], rtol=1e-5
+        )
         assert np.isnan(mpes.history["loss"][stop + 1 :, j]).all()
-        np.testing.assert_allclose(mpes.target_prob[j], fixed.history["avg_prob"][stop, j],
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            mpes.target_prob[j], fixed.history["avg_prob"][stop, j], rtol=1e-5
+        )
         # The counter is cumulative: the stop comes at the patience-th all-correct iteration.
         successes = int((mpes.history["num_correct"][: stop + 1, j] == full).sum())
         if stop < n - 1:
@@ -154,8 +164,9 @@ def test_last_iteration_only_evaluates_and_clamp_holds(lm):
     assert np.isfinite(res.history["loss"]).all()  # all n iterations evaluated
     np.testing.assert_array_equal(res.history["delta_norm"][0], 0.0)
     # No Adam step after the last evaluation: the returned δ is the one evaluated at iteration n-1.
-    np.testing.assert_allclose(np.linalg.norm(res.delta, axis=-1), res.history["delta_norm"][n - 1],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.norm(res.delta, axis=-1), res.history["delta_norm"][n - 1], rtol=1e-5
+    )
     np.testing.assert_allclose(res.targets, res.target_init + res.delta, rtol=1e-6, atol=1e-6)
     bound = hp.clamp_norm_factor * np.linalg.norm(res.target_init, axis=-1)
     assert (res.history["delta_norm"] <= bound * (1 + 1e-5)).all()

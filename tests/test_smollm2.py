@@ -1,4 +1,5 @@
-"""The real pretrained model: golden logits from transformers, a factual completion, export parity."""
+"""The real pretrained model: golden logits from transformers, a factual completion, export
+parity."""
 
 from __future__ import annotations
 
@@ -29,17 +30,21 @@ def test_golden_logits_and_hidden_states(smollm2):
         out = module(ids[None], None, Probe(resid_layers=tuple(range(30)), stop_layer=29))
         hidden = ref[f"prompt{i}_hidden_states"]
         for layer in (0, 8, 28):  # [30] is after the final norm
-            np.testing.assert_allclose(out.residuals[layer][0], hidden[layer + 1], atol=2e-3, rtol=1e-3)
+            np.testing.assert_allclose(
+                out.residuals[layer][0], hidden[layer + 1], atol=2e-3, rtol=1e-3
+            )
 
 
 def test_export_loads_in_transformers(smollm2, tmp_path):
     """The exported directory, run by transformers, reproduces the golden logits (which transformers
-    computed from its own dequantization of the same GGUF): the export is weight-exact. jaxedit's own
-    forward agrees with transformers to float32 rounding (~1.5e-4 on logits of magnitude ~20, i.e.
-    1e-5 relative, accumulated over 30 layers: a single q_proj matmul already differs by 2 ulp)."""
+    computed from its own dequantization of the same GGUF): the export is weight-exact. jaxedit's
+    own forward agrees with transformers to float32 rounding (~1.5e-4 on logits of magnitude ~20,
+    i.e. 1e-5 relative, accumulated over 30 layers: a single q_proj matmul already differs by 2
+    ulp)."""
     torch = pytest.importorskip("torch", reason="torch not installed: pip install -e '.[parity]'")
-    import jaxedit
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import jaxedit
 
     golden = require_shared("golden")
     ref = np.load(golden / "model_logits.npz")

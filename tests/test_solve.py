@@ -1,13 +1,14 @@
-"""Closed-form updates (`jaxedit.solve`) against small float64 numpy references of the SPEC §4
+"""Closed-form updates (`jaxedit.solve`) against small float64 numpy references of the reference §4
 formulas, and against the official MEMIT / ENCORE / AlphaEdit golden arrays (SmolLM2-135M, layer 4).
 
-Orientation: jaxedit returns the kernel increment dW `[f, d]`; the SPEC's / reference's Δ `[d, f]`
+Orientation: jaxedit returns the kernel increment dW `[f, d]`; docs/reference.md's Δ `[d, f]`
 is dWᵀ.
 Float64 tests enable x64 only inside a context (other test files in the process run in float32).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import jax
@@ -37,11 +38,12 @@ def rel_err(actual, expected) -> float:
     return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
 
 
-# ------------------------------------------------------------ numpy references (SPEC §4, math form)
+# ------------------------------------------------------- numpy references (reference §4, math form)
 
 
 def np_memit_delta(k, r, c0, lam_p, lam_n=0.0, prev=None):
-    """SPEC §4.2-4.4: Δ = R Aᵀ, A = solve(λ_p C0 + λ_n I + S_prev + K Kᵀ, K). Returns (Δ, A)."""
+    """reference §4.2-4.4: Δ = R Aᵀ, A = solve(λ_p C0 + λ_n I + S_prev + K Kᵀ, K). Returns
+    (Δ, A)."""
     mat = lam_p * c0 + lam_n * np.eye(len(c0)) + k @ k.T
     if prev is not None:
         mat = mat + prev
@@ -50,20 +52,21 @@ def np_memit_delta(k, r, c0, lam_p, lam_n=0.0, prev=None):
 
 
 def np_projector(c0, threshold):
-    """SPEC §4.5: P = U₀U₀ᵀ from the SVD of the unscaled C0."""
+    """reference §4.5: P = U₀U₀ᵀ from the SVD of the unscaled C0."""
     u, s, _ = np.linalg.svd(c0, full_matrices=False)
     u0 = u[:, s < threshold]
     return u0 @ u0.T, u0.shape[1]
 
 
 def np_alphaedit_delta(k, r, p, s_all, l2):
-    """SPEC §4.5: Δ = Xᵀ, X = solve(P S_all + λ I, P K Rᵀ)."""
+    """reference §4.5: Δ = Xᵀ, X = solve(P S_all + λ I, P K Rᵀ)."""
     x = np.linalg.solve(p @ s_all + l2 * np.eye(len(p)), p @ k @ r.T)
     return x.T
 
 
 def np_emmet_delta(k, r, c0, lam_p, lam_n=0.0, mu=0.1, ridge_always=False):
-    """SPEC §4.6 with the reference's explicit inverses: Δ = R D⁻¹ Kᵀ C⁻¹, D = KᵀC⁻¹K (+ μI)."""
+    """reference §4.6 with the reference's explicit inverses: Δ = R D⁻¹ Kᵀ C⁻¹, D = KᵀC⁻¹K
+    (+ μI)."""
     c_inv = np.linalg.inv(lam_p * c0 + lam_n * np.eye(len(c0)))
     d = k.T @ c_inv @ k
     if ridge_always or k.shape[1] > 1:
@@ -130,7 +133,7 @@ def test_memit_float64_matches_numpy_and_normal_equations(x64, variant, method):
     assert rel_err(dw, delta_ref.T) < 1e-10  # kernel orientation = Δᵀ
     assert rel_err(np.asarray(adj_k) @ r.T, dw) < 1e-12
 
-    # SPEC §12.3: Δ (λ_p C0 + S_prev + λ_n I + K Kᵀ) = R Kᵀ.
+    # reference §12.3: Δ (λ_p C0 + S_prev + λ_n I + K Kᵀ) = R Kᵀ.
     mat = lam_p * c0 + lam_n * np.eye(F) + k @ k.T + (s_prev if use_prev else 0.0)
     assert rel_err(np.asarray(dw).T @ mat, r @ k.T) < 1e-10
 
@@ -155,7 +158,7 @@ def test_memit_variants_relations(x64):
         )
         for lam in (0.0, 1.0, 10.0, 100.0)
     ]
-    assert all(a > b for a, b in zip(norms, norms[1:])), norms
+    assert all(a > b for a, b in itertools.pairwise(norms)), norms
 
 
 @pytest.mark.parametrize("method", ["cholesky", "lu"])

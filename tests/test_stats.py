@@ -34,7 +34,9 @@ def _numpy_c0(model, docs, layer):
 
     total, count = 0.0, 0
     for d in docs:
-        out = model.module(np.asarray([d], np.int32), None, Probe(key_layers=(layer,), stop_layer=layer))
+        out = model.module(
+            np.asarray([d], np.int32), None, Probe(key_layers=(layer,), stop_layer=layer)
+        )
         k = np.asarray(out.keys[layer][0], np.float64)
         total = total + k.T @ k
         count += len(d)
@@ -52,10 +54,14 @@ def test_accumulation_matches_per_document_numpy(tiny):
 
 def test_cache_and_fingerprint(tiny, tmp_path):
     corpus.write_text_corpus([f"document {i} about things" for i in range(12)], tmp_path / "c.txt")
-    first = stats.layer_stats(tiny, (1,), tmp_path / "c.txt", num_samples=10, cache_dir=tmp_path / "s")
+    first = stats.layer_stats(
+        tiny, (1,), tmp_path / "c.txt", num_samples=10, cache_dir=tmp_path / "s"
+    )
     files = list((tmp_path / "s").rglob("layer1_mom2.npz"))
     assert len(files) == 1
-    again = stats.layer_stats(tiny, (1,), tmp_path / "c.txt", num_samples=10, cache_dir=tmp_path / "s")
+    again = stats.layer_stats(
+        tiny, (1,), tmp_path / "c.txt", num_samples=10, cache_dir=tmp_path / "s"
+    )
     np.testing.assert_array_equal(np.asarray(first.cov[1]), np.asarray(again.cov[1]))
     # Another sample count or other weights are another cache entry.
     stats.layer_stats(tiny, (1,), tmp_path / "c.txt", num_samples=11, cache_dir=tmp_path / "s")
@@ -69,8 +75,10 @@ def test_cache_and_fingerprint(tiny, tmp_path):
 def test_memit_npz_import(tmp_path):
     rng = np.random.default_rng(1)
     k = rng.normal(size=(50, 7)).astype(np.float32)
-    np.savez(tmp_path / "model.layers.3.mlp.down_proj_float32_mom2_50.npz",
-             **{"mom2.mom2": k.T @ k, "mom2.count": np.int64(50)})  # MEMIT stores the sum
+    np.savez(
+        tmp_path / "model.layers.3.mlp.down_proj_float32_mom2_50.npz",
+        **{"mom2.mom2": k.T @ k, "mom2.count": np.int64(50)},
+    )  # MEMIT stores the sum
     found = stats.find_memit_stats(tmp_path)
     assert list(found) == [3]
     cov, count = stats.load_memit_npz(found[3])

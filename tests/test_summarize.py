@@ -20,7 +20,8 @@ def _load_module():
     )
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up
-    # the binary imports its `summary` package from beside it, as `python experiments/summarize.py` does
+    # the binary imports its `summary` package from beside it, as `python experiments/summarize.py`
+    # does
     sys.path.insert(0, str(ROOT / "experiments"))
     try:
         spec.loader.exec_module(mod)
@@ -343,7 +344,7 @@ def test_files_csv_json_and_pngs(result):
 
 
 def test_labels_flag_missing_dirs_and_empty(runs, tmp_path):
-    _, (a, b, c) = runs
+    _, (a, _b, c) = runs
     spec = f"{a},{tmp_path / 'nope'},{c}"
     res = summarize_mod.summarize(spec, tmp_path / "o", "Mine,Other", plots=False)
     assert [r.label for r in res["runs"]] == [

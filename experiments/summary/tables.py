@@ -191,6 +191,18 @@ def editing_table(runs: list[Run]) -> Table:
     return table
 
 
+_MPES_CAPTION = (
+    "Probability of the new target at the search's stop and search steps are means over all "
+    "requests; times per edit are Σ time / Σ edits; the last column is the mean per-edit time of "
+    "batches 2..N (batch 1 includes compilation)."
+)
+_NORMS_CAPTION = (
+    "‖W‖_F of each edited layer on the unedited model (baseline.json) and after the last logged "
+    "batch, their ratio, and ‖W−W₀‖_F after the last batch; `max` is the largest ‖W_out‖_F over "
+    "all layers."
+)
+
+
 def mpes_table(runs: list[Run]) -> Table:
     cols = [
         Column("run", "run"),
@@ -204,14 +216,8 @@ def mpes_table(runs: list[Run]) -> Table:
         Column("time_per_edit_s", "total s/edit", f3d),
         Column("steady_time_per_edit_s", "s/edit (batches 2..N)", f3d),
     ]
-    table = Table(
-        "mpes",
-        "2. MPES: search stop, probability and time",
-        cols,
-        caption="Probability of the new target at the search's stop and search steps are means "
-        "over all requests; times per edit are Σ time / Σ edits; the last column is the mean "
-        "per-edit time of batches 2..N (batch 1 includes compilation).",
-    )
+    title = "2. MPES: search stop, probability and time"
+    table = Table("mpes", title, cols, caption=_MPES_CAPTION)
     for r in _with_batches(runs, table, "no batches.jsonl lines, skipped"):
         search = r.config.get("search") if isinstance(r.config.get("search"), dict) else {}
         solve = r.config.get("solve") if isinstance(r.config.get("solve"), dict) else {}
@@ -307,12 +313,7 @@ def norms_table(runs: list[Run]) -> Table:
         Column("distance", "‖W−W₀‖", f2d),
     ]
     table = Table(
-        "norms",
-        "4. Weight norms of the MLP output matrices",
-        cols,
-        caption="‖W‖_F of each edited layer on the unedited model (baseline.json) and after "
-        "the last logged batch, their ratio, and ‖W−W₀‖_F after the last batch; `max` is "
-        "the largest ‖W_out‖_F over all layers.",
+        "norms", "4. Weight norms of the MLP output matrices", cols, caption=_NORMS_CAPTION
     )
     for r in _with_batches(runs, table, "no batches, skipped"):
         last = r.batches[-1]

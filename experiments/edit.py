@@ -32,14 +32,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
+import cli  # experiments/cli.py: config flags and the user-error rule
 import jax
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 import jaxedit
 from jaxedit import analysis, downstream, editor, entropy, hub, metrics, stats, templates
@@ -50,7 +49,7 @@ from jaxedit.corpus import wikitext_paragraphs
 import paths  # experiments/paths.py: the binaries' default data folders
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/encore_smollm2.py", "A configs/*.py file.")
+cli.define_config_flags("configs/encore_smollm2.py")
 flags.DEFINE_string("model", None, "Preset, HF directory or GGUF path (default: the config's).")
 flags.DEFINE_enum("method", None, list(config_lib.METHODS), "Override the config's method.")
 flags.DEFINE_string("hparams_json", None, "The authors' hparams JSON (overrides the config).")
@@ -158,7 +157,7 @@ def default_label(cfg: config_lib.EditConfig) -> str:
 
 
 def resolve_config() -> config_lib.EditConfig:
-    cfg = FLAGS.config
+    cfg = cli.config_file_from_flags()
     if FLAGS.hparams_json:
         cfg = config_lib.from_reference_hparams(FLAGS.hparams_json, base=cfg)
     if FLAGS.method:
@@ -169,6 +168,7 @@ def resolve_config() -> config_lib.EditConfig:
         cfg.stats.text = FLAGS.stats_text
     if FLAGS.stats_samples:
         cfg.stats.num_samples = FLAGS.stats_samples
+    cfg = cli.apply_config_overrides(cfg)  # --config.<path>: the most specific settings win
     if not cfg.stats.text:
         default = data_root() / "text" / "wikitext-2-raw.wiki.test.raw"
         if not default.exists():
@@ -715,8 +715,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        app.run(main)
-    except (requests_lib.RequestError, editor.EditError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    cli.run(main)

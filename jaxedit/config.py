@@ -25,9 +25,14 @@ from typing import Any
 
 import jax
 
+from jaxedit.errors import InputError
 from jaxedit.numerics import check_precision
 
 METHODS = ("MEMIT", "MEMIT_seq", "ENCORE", "AlphaEdit", "EMMET")
+
+
+class ConfigValueError(InputError):
+    """An editing-config field holds a value jaxedit cannot run with (the message names it)."""
 
 
 def _static(default):
@@ -70,17 +75,28 @@ class SearchConfig:
 
     def validate(self) -> None:
         if self.num_steps < 1:
-            raise ValueError(f"search.num_steps={self.num_steps}: must be >= 1")
+            raise ConfigValueError(f"search.num_steps={self.num_steps}: must be >= 1")
         if self.mpes_patience < 0:
-            raise ValueError(f"search.mpes_patience={self.mpes_patience}: must be >= 0")
+            raise ConfigValueError(f"search.mpes_patience={self.mpes_patience}: must be >= 0")
         if self.mpes_prompts not in ("context", "all"):
-            raise ValueError(f"search.mpes_prompts={self.mpes_prompts!r}: 'context' or 'all'")
+            raise ConfigValueError(f"search.mpes_prompts={self.mpes_prompts!r}: 'context' or 'all'")
         if self.weight_decay_form not in ("norm", "squared"):
-            raise ValueError(
+            raise ConfigValueError(
                 f"search.weight_decay_form={self.weight_decay_form!r}: 'norm' or 'squared'"
             )
         if not self.lr > 0:
-            raise ValueError(f"search.lr={self.lr}: must be > 0")
+            raise ConfigValueError(f"search.lr={self.lr}: must be > 0")
+        for name in ("kl_factor", "weight_decay", "loss_threshold"):
+            if not getattr(self, name) >= 0:
+                raise ConfigValueError(f"search.{name}={getattr(self, name)}: must be >= 0")
+        if not self.clamp_norm_factor > 0:
+            raise ConfigValueError(
+                f"search.clamp_norm_factor={self.clamp_norm_factor}: must be > 0"
+            )
+        if not 0 <= self.stop_prob < 1:
+            raise ConfigValueError(
+                f"search.stop_prob={self.stop_prob}: must be in [0, 1) (0 = off)"
+            )
 
 
 @dataclasses.dataclass(unsafe_hash=True)
@@ -110,6 +126,14 @@ class SolveConfig:
     float64: bool = False
     solver: str = "cholesky"
 
+    def validate(self) -> None:
+        for name in ("cov_weight", "norm_lambda", "l2", "emmet_lambda", "nullspace_threshold"):
+            value = getattr(self, name)
+            if not value >= 0:  # also refuses NaN
+                raise ConfigValueError(f"solve.{name}={value}: must be >= 0")
+        if self.solver not in ("cholesky", "lu"):
+            raise ConfigValueError(f"solve.solver={self.solver!r}: 'cholesky' or 'lu'")
+
 
 @dataclasses.dataclass(unsafe_hash=True)
 class StatsConfig:
@@ -129,6 +153,14 @@ class StatsConfig:
     text: str = ""
     num_samples: int = 10000
     max_length: int = 0
+
+    def validate(self) -> None:
+        if self.num_samples < 1:
+            raise ConfigValueError(f"stats.num_samples={self.num_samples}: must be >= 1")
+        if self.max_length < 0:
+            raise ConfigValueError(
+                f"stats.max_length={self.max_length}: must be >= 0 (0 = context)"
+            )
 
 
 @dataclasses.dataclass(unsafe_hash=True)
@@ -166,27 +198,29 @@ class EditConfig:
 
     def validate(self, num_layers: int | None = None) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r}: expected one of {METHODS}")
+            raise ConfigValueError(f"method={self.method!r}: expected one of {METHODS}")
         layers = tuple(self.layers)
         if not layers or list(layers) != sorted(set(layers)):
-            raise ValueError(
+            raise ConfigValueError(
                 f"layers={layers}: must be a non-empty ascending list of distinct ints"
             )
         if num_layers is not None and (layers[0] < 0 or layers[-1] >= num_layers):
-            raise ValueError(f"layers={layers}: the model has layers 0..{num_layers - 1}")
+            raise ConfigValueError(f"layers={layers}: the model has layers 0..{num_layers - 1}")
         if num_layers is not None and layers[-1] >= num_layers - 1:
-            raise ValueError(
+            raise ConfigValueError(
                 f"layers={layers}: the target layer must be before the last block "
                 f"({num_layers - 1})"
             )
         self.search.validate()
+        self.solve.validate()
+        self.stats.validate()
         check_precision(self.matmul_precision, "matmul_precision")
         for group in self.templates:
             for t in group:
                 if t.count("{}") != 1:
-                    raise ValueError(f"templates: {t!r} must contain exactly one '{{}}'")
+                    raise ConfigValueError(f"templates: {t!r} must contain exactly one '{{}}'")
         if self.templates and tuple(self.templates[0]) != ("{}",):
-            raise ValueError("templates: the first group must be ('{}',) (the bare prompt)")
+            raise ConfigValueError("templates: the first group must be ('{}',) (the bare prompt)")
         n_templates = sum(len(g) for g in self.templates)
         if (
             self.templates
@@ -194,12 +228,10 @@ class EditConfig:
             and self.search.mpes_patience > 0
             and self.search.mpes_prompts == "context"
         ):
-            raise ValueError(
+            raise ConfigValueError(
                 "search.mpes_prompts='context' checks the context templates, and there are "
                 "none: add context templates or set mpes_prompts='all'"
             )
-        if self.solve.solver not in ("cholesky", "lu"):
-            raise ValueError(f"solve.solver={self.solve.solver!r}: 'cholesky' or 'lu'")
 
 
 # Reference hparams JSON name, our section ("-" = top level), our name. `prob_cutoff` is handled
@@ -255,7 +287,7 @@ def from_reference_hparams(
     )
     unknown = sorted(set(hp) - set(REFERENCE_NAMES) - IGNORED_REFERENCE_NAMES - {"prob_cutoff"})
     if unknown:
-        raise ValueError(f"hparams JSON has fields jaxedit does not know: {unknown}")
+        raise ConfigValueError(f"hparams JSON has fields jaxedit does not know: {unknown}")
     for name, value in hp.items():
         if name not in REFERENCE_NAMES:
             continue

@@ -32,6 +32,7 @@ from flax import nnx
 
 from jaxedit import solve
 from jaxedit.config import EditConfig
+from jaxedit.errors import InputError
 from jaxedit.lm import LanguageModel
 from jaxedit.models import Probe, rewrite_path
 from jaxedit.prompts import KeyBatch, build_key_batch
@@ -44,8 +45,9 @@ log = logging.getLogger(__name__)
 Array = jax.Array
 
 
-class EditError(RuntimeError):
-    """A batch could not be applied; the state passed in is unchanged."""
+class EditError(InputError, RuntimeError):
+    """A batch could not be applied (e.g. a non-finite target: the requests or hyperparameters
+    cannot be edited); the state passed in is unchanged."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,8 @@ from typing import Any
 
 import jax
 
+from jaxedit.errors import InputError
+
 PRECISIONS = ("highest", "high", "default")
 HIGHEST = "highest"
 
@@ -38,7 +40,7 @@ HIGHEST = "highest"
 def check_precision(precision: str, field: str = "matmul_precision") -> str:
     """Returns `precision` if it is one of `PRECISIONS`, else raises naming `field`."""
     if precision not in PRECISIONS:
-        raise ValueError(
+        raise InputError(
             f"{field}={precision!r}: expected one of {PRECISIONS} ('highest' is exact "
             "float32; 'default' is the backend's fastest float32 matmul)"
         )

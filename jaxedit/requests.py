@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxedit.errors import InputError
 from jaxedit.prompts import subject_token_mismatch, with_leading_space
 from jaxedit.records import (
     LAYOUTS,
@@ -115,7 +116,7 @@ class EditRequest:
         return out
 
 
-class RequestError(ValueError):
+class RequestError(InputError):
     """Edit requests that cannot be used; `problems` lists every problem found.
 
     Attributes:

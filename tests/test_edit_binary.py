@@ -129,6 +129,24 @@ def test_run_writes_logs_dumps_and_model(setup):
     np.testing.assert_allclose(kernel - original, (dump["delta_L2"] + d1).T, atol=1e-5)
 
 
+def test_config_override_is_recorded_in_run_json(setup):
+    root = setup
+    out = _run(
+        root,
+        f"--requests={root / 'requests.json'}",
+        "--batch_size=2",
+        "--max_batches=1",
+        "--evaluate=false",
+        "--config.search.lr=0.1",
+        "--config.solve.norm_lambda=2",
+        f"--workdir={root / 'override'}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = json.loads((root / "override" / "run.json").read_text())
+    assert run["config"]["search"]["lr"] == 0.1
+    assert run["config"]["solve"]["norm_lambda"] == 2.0
+
+
 def test_bad_input_exits_nonzero_and_writes_no_model(setup):
     root = setup
     bad = [

@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from jaxedit.errors import InputError
 from jaxedit.numerics import check_precision
 
 FAMILIES = ("llama", "gpt2")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A `config.json` asks for something jaxedit does not implement, or is malformed."""
 
 

@@ -1,0 +1,17 @@
+"""The errors jaxedit raises for bad input (as opposed to bugs).
+
+`InputError` (a `ValueError`) means: something the caller passed is wrong — a file, a record, a
+config value, a model — and the message names it and says how to fix it. Programs built on
+jaxedit (the experiment binaries) catch it and print one line instead of a traceback; anything
+else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input; the message names the input and the fix."""
+
+
+class TruncatedFileError(InputError):
+    """A file ends before its own header says it should (an interrupted download or copy)."""

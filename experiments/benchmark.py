@@ -19,12 +19,14 @@ import os
 import time
 from pathlib import Path
 
+import cli  # experiments/cli.py: the user-error rule
+import console  # experiments/console.py: --help sections, --verbose, start-up noise kept off
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 import jaxedit
-from jaxedit import editor, hparams, hub, metrics, stats
+from jaxedit import editor, files, hparams, hub, metrics, stats
 from jaxedit import requests as requests_lib
 
 import paths  # experiments/paths.py: the binaries' default data folders
@@ -38,14 +40,27 @@ flags.DEFINE_integer(
     "num_edits_bs1", 20, "Records edited at batch size 1 (time per edit is a mean)."
 )
 flags.DEFINE_string(
-    "data_path", str(SHARED / "data/counterfact/counterfact-edit.json"), "CounterFact."
+    "data_path", None, "CounterFact (default: the 'counterfact-edit' dataset, local or fetched)."
 )
 flags.DEFINE_string(
-    "stats_text", str(SHARED / "data/text/wikitext-2-raw.wiki.test.raw"), "C0 corpus."
+    "stats_text", None, "C0 corpus (default: the 'wikitext-2-raw-test' dataset, local or fetched)."
 )
 flags.DEFINE_string("golden", str(SHARED / "golden/meta.json"), "For the fixed context templates.")
 flags.DEFINE_string("out", "benchmark.json", "Where to write the JSON results.")
 flags.DEFINE_bool("evaluate", True, "Also compute ES/PS/NS after the run.")
+__doc__ = console.help_sections(
+    __doc__,
+    [
+        ("what to measure", ["methods", "batch_sizes", "num_edits", "num_edits_bs1", "evaluate"]),
+        ("inputs", ["data_path", "stats_text", "golden"]),
+        ("output", ["out", "verbose"]),
+    ],
+    footer="""
+--out gets one JSON object, rewritten after every row: "rows" (per method and batch size: row,
+batch_size, num_edits, s_per_edit, search, update, their steady_* values without the first batch,
+steps, prob and, with --evaluate, the ES/PS/NS scores), "reference" (the reference's figures),
+"stats_time_s", "device", "cpu_count". The table is printed to stdout as it fills.""",
+)
 
 # The reference's figures (shared/BENCHMARKS.md; batches of 10, 100 edits, 2 CPU cores).
 REFERENCE = {
@@ -124,18 +139,54 @@ def run_one(model, row, batch_size, reqs, templates, layer_stats) -> dict:
     return out
 
 
+def check_inputs():
+    """Flags and files, before the model is fetched and loaded: (requests, templates, corpus)."""
+    rows = [*REFERENCE, "MEMIT_seq", "EMMET"]
+    for row in FLAGS.methods:
+        if row not in rows:
+            raise cli.UserError(
+                f"--methods: unknown row {row!r} (fix: comma-separated, from {', '.join(rows)})"
+            )
+    for text in FLAGS.batch_sizes:
+        if not text.strip().isdigit() or int(text) < 1:
+            raise cli.UserError(
+                f"--batch_sizes={','.join(FLAGS.batch_sizes)}: {text!r} is not a batch size "
+                "(fix: comma-separated integers >= 1, e.g. 10,100,1)"
+            )
+    for name in ("num_edits", "num_edits_bs1"):
+        if FLAGS[name].value < 1:
+            raise cli.UserError(f"--{name}={FLAGS[name].value}: out of range (fix: pass >= 1)")
+    if Path(FLAGS.out).is_dir():
+        raise cli.UserError(f"--out={FLAGS.out} is a directory (fix: pass a .json file path)")
+    golden = files.read_json(
+        FLAGS.golden,
+        "golden file",
+        "pass --golden=<shared>/golden/meta.json (the reference's golden run), or set "
+        "JAXEDIT_SHARED",
+    )
+    groups = golden.get("context_templates") if isinstance(golden, dict) else None
+    if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
+        raise cli.UserError(
+            f"--golden={FLAGS.golden} has no context_templates list (fix: pass the golden "
+            "meta.json of the reference run)"
+        )
+    reqs = requests_lib.load_requests(
+        paths.dataset("counterfact-edit", FLAGS.data_path, flag="--data_path"), 0, FLAGS.num_edits
+    )
+    text = paths.dataset("wikitext-2-raw-test", FLAGS.stats_text, flag="--stats_text")
+    stats.read_corpus(text, 1)  # exists and holds a document
+    return reqs, tuple(tuple(g) for g in groups), text
+
+
 def main(argv):
     del argv
+    reqs, templates, stats_text = check_inputs()
     model = jaxedit.load("smollm2-135m")
-    reqs = requests_lib.load_requests(FLAGS.data_path, 0, FLAGS.num_edits)
-    templates = tuple(
-        tuple(g) for g in json.loads(Path(FLAGS.golden).read_text())["context_templates"]
-    )
     t0 = time.perf_counter()
     layer_stats = stats.layer_stats(
         model,
         (4, 5, 6, 7, 8),
-        FLAGS.stats_text,
+        stats_text,
         num_samples=2185,
         cache_dir=hub.cache_dir() / "stats",
         null_threshold=2e-2,
@@ -173,4 +224,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

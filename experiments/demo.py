@@ -15,9 +15,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cli  # experiments/cli.py: the user-error rule
+import console  # experiments/console.py: --help sections, --verbose, start-up noise kept off
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 import jaxedit
 from jaxedit import config as config_lib
@@ -30,6 +32,18 @@ flags.DEFINE_string("model", "smollm2-135m", "Preset name, HF directory, .gguf p
 flags.DEFINE_integer("max_new_tokens", 8, "Greedy tokens to show per prompt.")
 flags.DEFINE_integer(
     "stats_samples", 600, "Documents for C0 (the first run computes and caches it)."
+)
+__doc__ = console.help_sections(
+    __doc__,
+    [
+        ("model", ["model"]),
+        ("what the demo shows", ["max_new_tokens", "stats_samples"]),
+        ("output", ["verbose"]),
+    ],
+    footer="""
+Writes nothing to the working directory (the results go to stdout). Under $JAXEDIT_CACHE (default
+~/.cache/jaxedit): the fetched model (smollm2-135m/), the key statistics C0 (stats/) and, when no
+WikiText is found, demo/model_samples.txt (the statistics corpus sampled from the model).""",
 )
 
 EDITS = [
@@ -67,9 +81,8 @@ EDITS = [
 
 
 def stats_corpus(model, workdir: Path) -> Path:
-    data = paths.data_dir()
-    wikitext = data / "text" / "wikitext-2-raw.wiki.test.raw"
-    if wikitext.exists():
+    wikitext = paths.optional_dataset("wikitext-2-raw-test")  # local, cached or downloaded
+    if wikitext is not None:
         return wikitext
     path = workdir / "model_samples.txt"
     if not path.exists():
@@ -102,11 +115,14 @@ def answer_probs(model, reqs) -> np.ndarray:
 
 def main(argv):
     del argv
+    for name in ("max_new_tokens", "stats_samples"):
+        if FLAGS[name].value < 1:
+            raise cli.UserError(f"--{name}={FLAGS[name].value}: out of range (fix: pass >= 1)")
+    t0 = time.perf_counter()
+    model = jaxedit.load(FLAGS.model)  # a bad --model fails here, before anything is written
+    print(f"loaded {model.source} in {time.perf_counter() - t0:.1f} s")
     workdir = hub.cache_dir() / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    model = jaxedit.load(FLAGS.model)
-    print(f"loaded {model.source} in {time.perf_counter() - t0:.1f} s")
     reqs = requests.parse_requests(EDITS)
     cfg = hparams.smollm2_config("ENCORE")
     cfg.templates = config_lib.FIXED_TEMPLATES
@@ -154,4 +170,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,4 +1,4 @@
-"""Sequential editing run (the paper's protocol, reference §6.2, §7, §8): N edits in batches of B,
+r"""Sequential editing run (the paper's protocol, reference §6.2, §7, §8): N edits in batches of B,
 evaluated as it goes, resumable.
 
     python experiments/edit.py --config=configs/encore_smollm2.py \
@@ -36,15 +36,18 @@ import time
 from pathlib import Path
 
 import cli  # experiments/cli.py: config flags and the user-error rule
+import console  # experiments/console.py: --help sections, --verbose, start-up noise kept off
 import jax
 import numpy as np
 from absl import app, flags, logging
 
 import jaxedit
-from jaxedit import analysis, downstream, editor, entropy, hub, metrics, stats, templates
+from jaxedit import analysis, downstream, editor, entropy, files, hub, metrics, stats, templates
 from jaxedit import config as config_lib
 from jaxedit import requests as requests_lib
 from jaxedit.corpus import wikitext_paragraphs
+from jaxedit.errors import CorruptFileError, InputError
+from jaxedit.progress import Progress
 
 import paths  # experiments/paths.py: the binaries' default data folders
 
@@ -67,7 +70,8 @@ flags.DEFINE_string("templates", None, "JSON file of fixed context templates (ne
 flags.DEFINE_string(
     "stats_text",
     None,
-    "Corpus for C0: .txt (blank-line separated), .jsonl, folder, or a raw WikiText file.",
+    "Corpus for C0: .txt (blank-line separated), .jsonl, folder, or a raw WikiText file "
+    "(default: $JAXEDIT_DATA/text/wikitext-2-raw.wiki.test.raw, else downloaded once).",
 )
 flags.DEFINE_integer("stats_samples", None, "Use the first N documents of the corpus.")
 flags.DEFINE_string(
@@ -106,7 +110,7 @@ flags.DEFINE_string(
     "generation_pool",
     None,
     "Generation-prompt pool for records without their own "
-    "(default: $JAXEDIT_DATA/counterfact/cf_generation_prompts.json when present).",
+    "(default: $JAXEDIT_DATA/counterfact/cf_generation_prompts.json, else downloaded once).",
 )
 flags.DEFINE_list(
     "downstream", [], "Downstream tasks (sst2,mrpc,cola,rte,nli,mmlu,sentiment_analysis,dialogue)."
@@ -122,7 +126,9 @@ flags.DEFINE_enum(
     "downstream_quirks", "clean", ["clean", "reference"], "Reference prompt/parse quirks."
 )
 flags.DEFINE_string(
-    "downstream_data", None, "Folder of the downstream sets (default $JAXEDIT_DATA/downstream)."
+    "downstream_data",
+    None,
+    "Folder of the downstream sets (default $JAXEDIT_DATA/downstream, else downloaded once).",
 )
 flags.DEFINE_integer(
     "activation_texts",
@@ -138,6 +144,62 @@ flags.DEFINE_bool(
     "evaluate_snapshots",
     False,
     "Only fill in missing downstream/activation results from the run's snapshots, then exit.",
+)
+__doc__ = console.help_sections(
+    __doc__,
+    [
+        (
+            "model and editing config",
+            ["config", "model", "method", "hparams_json", "templates", "label"],
+            "every editing-config field: --config.<path>=<value>, see --helpfull",
+        ),
+        ("the edits", ["requests", "data_path", "start", "num_edits", "batch_size"]),
+        ("key statistics C0", ["stats_text", "stats_samples", "stats_npz", "stats_dir"]),
+        (
+            "editing metrics",
+            [
+                "evaluate",
+                "eval_batches",
+                "final_fraction",
+                "generation_fraction",
+                "generation_pool",
+                "eval_seed",
+                "activation_texts",
+                "baseline",
+            ],
+        ),
+        (
+            "downstream tasks",
+            [
+                "downstream",
+                "downstream_every",
+                "downstream_tests",
+                "downstream_shots",
+                "downstream_quirks",
+                "downstream_data",
+            ],
+        ),
+        (
+            "run directory and outputs",
+            ["workdir", "overwrite", "max_batches", "evaluate_snapshots", "dump_dir", "export_dir"],
+        ),
+        ("console", ["verbose"]),
+    ],
+    footer="""
+The run directory (--workdir) will contain:
+  run.json          the run: final config, model, data, batch size, case ids, evaluation settings
+  baseline.json     the unedited model: editing metrics of every record, GE, downstream scores,
+                    weight norms, activation shares
+  batches.jsonl     one line per batch: search/update time, steps, target probabilities, norms and
+                    distance from the original of every edited layer, the batch's scores
+                    before/after (eval_before/eval)
+  downstream.jsonl  downstream scores at each evaluation point (row 0: the unedited model)
+  activation.jsonl  MLP/attention activation shares at the same points
+  snapshots/        edits_NNNNNN.npz: the edited matrices at each evaluation point
+  checkpoint.npz    edited matrices, previous-edit caches, batches done (rerun to resume)
+  final.json        editing metrics (ES/PS/NS/S, GE) of the edited records before and after
+--dump_dir gets batch_NNN.npz (keys, deltas, targets), --export_dir the edited model (HF format).
+Progress (batches, C0, evaluation) goes to stderr: a bar on a terminal, else a line every 30 s.""",
 )
 
 
@@ -170,28 +232,75 @@ def resolve_config() -> config_lib.EditConfig:
         cfg.stats.num_samples = FLAGS.stats_samples
     cfg = cli.apply_config_overrides(cfg)  # --config.<path>: the most specific settings win
     if not cfg.stats.text:
-        default = data_root() / "text" / "wikitext-2-raw.wiki.test.raw"
+        default = paths.dataset("wikitext-2-raw-test", flag="--stats_text")
         if not default.exists():
-            raise app.UsageError("no statistics corpus: pass --stats_text (or set JAXEDIT_DATA)")
+            raise cli.UserError(
+                f"no statistics corpus: {default} does not exist (fix: pass --stats_text, or set "
+                "JAXEDIT_DATA)"
+            )
         cfg.stats.text = str(default)
     return cfg
 
 
-def load_all_requests(model) -> list[requests_lib.EditRequest]:
+def check_flags() -> None:
+    """The numeric flags and the output paths, before any file is read."""
+    bounds = [
+        ("num_edits", FLAGS.num_edits >= 1, "edit at least one record"),
+        ("start", FLAGS.start >= 0, "pass a record index >= 0"),
+        ("batch_size", FLAGS.batch_size >= 1, "pass a batch size >= 1"),
+        ("final_fraction", 0 <= FLAGS.final_fraction <= 1, "pass a fraction in [0, 1]"),
+        ("generation_fraction", 0 <= FLAGS.generation_fraction <= 1, "pass a fraction in [0, 1]"),
+        ("downstream_every", FLAGS.downstream_every >= 0, "pass k >= 0 (0: only at the end)"),
+        ("downstream_tests", FLAGS.downstream_tests >= 1, "pass at least 1 test per task"),
+        (
+            "downstream_shots",
+            0 <= FLAGS.downstream_shots <= downstream.FEW_SHOT_POOL,
+            f"pass 0..{downstream.FEW_SHOT_POOL} few-shots",
+        ),
+        ("activation_texts", FLAGS.activation_texts >= 0, "pass >= 0 (0: off)"),
+        ("max_batches", FLAGS.max_batches is None or FLAGS.max_batches >= 0, "pass >= 0"),
+    ]
+    for name, ok, fix in bounds:
+        if not ok:
+            raise cli.UserError(f"--{name}={FLAGS[name].value}: out of range (fix: {fix})")
     if bool(FLAGS.requests) == bool(FLAGS.data_path):
-        raise app.UsageError("pass exactly one of --requests and --data_path")
+        raise cli.UserError(
+            "pass exactly one of --requests and --data_path (fix: --requests=FILE for a whole "
+            "file, --data_path=FILE with --start/--num_edits for a slice)"
+        )
+    for name in ("workdir", "export_dir", "dump_dir"):
+        path = FLAGS[name].value
+        if path and Path(path).exists() and not Path(path).is_dir():
+            raise cli.UserError(f"--{name}={path} is a file (fix: pass a directory path)")
+    if FLAGS.stats_npz and not Path(FLAGS.stats_npz).is_dir():
+        raise cli.UserError(
+            f"--stats_npz={FLAGS.stats_npz}: no such directory (fix: pass the folder of MEMIT's "
+            "statistics files, or drop the flag)"
+        )
+    if FLAGS.generation_pool and not Path(FLAGS.generation_pool).is_file():
+        raise cli.UserError(
+            f"--generation_pool={FLAGS.generation_pool}: no such file (fix: pass "
+            "cf_generation_prompts.json, or drop the flag)"
+        )
+
+
+def read_requests() -> list[requests_lib.EditRequest]:
+    """The requests, parsed (the token-length checks need the model's tokenizer: `validate`)."""
     if FLAGS.requests:
-        reqs = requests_lib.load_requests(FLAGS.requests)
-    else:
-        reqs = requests_lib.load_requests(FLAGS.data_path, FLAGS.start, FLAGS.num_edits)
-    if FLAGS.batch_size < 1:
-        raise app.UsageError(f"--batch_size={FLAGS.batch_size}: must be >= 1")
-    # Validate every batch before editing anything (duplicates are checked per batch).
+        return requests_lib.load_requests(FLAGS.requests)
+    return requests_lib.load_requests(FLAGS.data_path, FLAGS.start, FLAGS.num_edits)
+
+
+def validate_batches(reqs: list[requests_lib.EditRequest], model) -> None:
+    """Every batch against the model's tokenizer before editing anything (duplicates are checked
+    per batch)."""
     for k in range(0, len(reqs), FLAGS.batch_size):
         requests_lib.validate_requests(
-            reqs[k : k + FLAGS.batch_size], model.tokenizer, model.config.max_position_embeddings
+            reqs[k : k + FLAGS.batch_size],
+            model.tokenizer,
+            model.config.max_position_embeddings,
+            source=FLAGS.requests or FLAGS.data_path,
         )
-    return reqs
 
 
 def dump_batch(path: Path, k: int, rep: editor.BatchReport, layers) -> None:
@@ -219,9 +328,24 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a run's log. A cut-short last line (the process died while appending it) is
+    dropped: it belongs to a batch after the checkpoint, which the resume redoes."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines):
+                logging.warning("%s: dropping a cut-short last line", path)
+                break
+            raise CorruptFileError(
+                f"{path}: line {n} is not valid JSON (fix: restore the file, or --overwrite to "
+                "discard the run)"
+            ) from None
+    return rows
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -247,24 +371,73 @@ RESULT_FILES = (
 IDENTITY = ("config", "model", "data", "start", "num_requests", "batch_size", "case_ids")
 
 
-def check_resumable(workdir: Path, run: dict) -> bool:
-    """True when `workdir` holds this very run (same config, model, data and batches)."""
+def read_run_dir(workdir: Path) -> dict:
+    """The files of an earlier run in `workdir` that a resume reads, each checked to be readable
+    (a cut-short or overwritten file is refused naming it, and nothing is changed)."""
+    out: dict = {"run": None, "baseline": None, "checkpoint": None}
+    if FLAGS.overwrite or not workdir.is_dir():
+        return out
+    discard = f"or --overwrite to discard the run in {workdir}"
     path = workdir / "run.json"
-    if not path.exists():
+    if path.exists():
+        out["run"] = files.read_json(path, "run file", f"restore it, {discard}")
+        if not isinstance(out["run"], dict):
+            raise cli.UserError(
+                f"run file {path} is not a JSON object (fix: restore it, {discard})"
+            )
+    path = workdir / "baseline.json"
+    if path.exists():
+        fix = f"delete it to compute the baseline again, {discard}"
+        out["baseline"] = files.read_json(path, "baseline file", fix)
+        if not isinstance(out["baseline"], dict):
+            raise cli.UserError(f"baseline file {path} is not a JSON object (fix: {fix})")
+    path = workdir / "checkpoint.npz"
+    if path.exists():
+        fix = f"delete it to redo this run's batches from the first one, {discard}"
+        arrays = files.read_npz(path, "checkpoint", fix)
+        if "batches_done" not in arrays or "num_edits" not in arrays:
+            raise cli.UserError(f"checkpoint {path} is not a run checkpoint (fix: {fix})")
+        out["checkpoint"] = arrays
+    return out
+
+
+def check_resumable(
+    workdir: Path, old: dict | None, run: dict, keys=IDENTITY, *, templates: bool = True
+) -> bool:
+    """True when `workdir` holds this very run (same `keys`: config, model, data and batches;
+    `templates=False` leaves the config's templates out); raises when it holds another one."""
+    if old is None:
         return False
-    old = json.loads(path.read_text())
-    diff = [
-        k
-        for k in IDENTITY
-        if json.dumps(old.get(k), default=str) != json.dumps(run.get(k), default=str)
-    ]
+
+    def norm(key, value):
+        if key == "config" and not templates and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "templates"}
+        return json.dumps(value, default=str)
+
+    diff = [k for k in keys if norm(k, old.get(k)) != norm(k, run.get(k))]
     if diff:
-        raise app.UsageError(
-            f"--workdir={workdir} holds another run (differs in {', '.join(diff)}): "
-            "use a new --workdir, "
-            "or --overwrite to discard it"
+        raise cli.UserError(
+            f"--workdir={workdir} holds another run (differs in {', '.join(diff)}) (fix: use a "
+            "new --workdir, or --overwrite to discard it)"
         )
     return True
+
+
+def remove_new_run(workdir: Path, existed: bool) -> None:
+    """Removes what a fresh run wrote to `workdir` before it failed (the directory itself when it
+    did not exist before)."""
+    if not existed:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for name in RESULT_FILES:
+        for path in (
+            workdir / name,
+            workdir / (name + ".tmp"),
+            (workdir / name).with_suffix(".tmp"),
+        ):
+            path.unlink(missing_ok=True)
+    (workdir / "checkpoint.tmp.npz").unlink(missing_ok=True)
+    shutil.rmtree(workdir / "snapshots", ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,10 +472,14 @@ class Evaluator:
             if self.zsre
             else seeded_subset(len(reqs), FLAGS.generation_fraction, FLAGS.eval_seed + 1)
         )
-        pool = FLAGS.generation_pool or data_root() / "counterfact" / "cf_generation_prompts.json"
-        self.pool = str(pool) if Path(pool).exists() else None
-        self.tasks = [t.strip() for t in FLAGS.downstream if t.strip()]
-        self.downstream_data = FLAGS.downstream_data or str(data_root() / "downstream")
+        pool = paths.optional_dataset("cf-generation-prompts", FLAGS.generation_pool)
+        self.pool = str(pool) if pool is not None else None
+        self.tasks = downstream_tasks()
+        self.downstream_data = (
+            str(paths.dataset("downstream", FLAGS.downstream_data, flag="--downstream_data"))
+            if self.tasks
+            else FLAGS.downstream_data or str(data_root() / "downstream")
+        )
         self.texts = None
         if FLAGS.activation_texts:
             self.texts = (
@@ -417,6 +594,23 @@ class Evaluator:
         return metrics.summarize_counterfact([baseline["records"][i] for i in idx])
 
 
+def downstream_tasks() -> list[str]:
+    """The --downstream tasks by their registry names ("sst" -> sst2; unknown names refused)."""
+    names = [t.strip() for t in FLAGS.downstream if t.strip()]
+    return downstream.resolve_tasks(names) if names else []
+
+
+def check_downstream_data(tasks: list[str]) -> None:
+    """Every downstream task's data is there and large enough, before the model is loaded."""
+    if tasks:
+        downstream.check_data(
+            tasks,
+            paths.dataset("downstream", FLAGS.downstream_data, flag="--downstream_data"),
+            num_tests=FLAGS.downstream_tests,
+            num_few_shots=FLAGS.downstream_shots,
+        )
+
+
 def layer_norm_line(params, original, cfg, model_cfg) -> dict:
     norms = analysis.weight_norms(params, model_cfg)
     dist = analysis.distance_from_original(params, original, model_cfg, cfg.layers)
@@ -477,8 +671,8 @@ def fill_snapshots(workdir: Path, ev: Evaluator, ed: editor.Editor) -> None:
         if path is None:
             model = ed.model
         else:
-            with np.load(path) as z:
-                model = ed.edited_model(ed.restore_state({**dict(z), **_zero_kkt(ed)}))
+            z = files.read_npz(path, "snapshot", "delete it, or --overwrite to discard the run")
+            model = ed.edited_model(ed.restore_state({**z, **_zero_kkt(ed)}))
         row = next((r for r in down if r["num_edits"] == num_edits), None)
         missing = [t for t in ev.tasks if row is None or t not in row["tasks"]]
         if missing:
@@ -514,16 +708,45 @@ def _zero_kkt(ed: editor.Editor) -> dict:
     return {f"prev_kkt_L{l}": np.zeros((f, f), np.float32) for l in ed.cfg.layers}
 
 
-def main(argv):
-    del argv
-    workdir = Path(FLAGS.workdir)
+EARLY_IDENTITY = ("config", "data", "start", "num_requests", "batch_size", "case_ids")
+
+
+def prepare(workdir: Path):
+    """Every check of the input, then the model, statistics, editor and evaluator: bad input is
+    refused here, before anything is written (files and flags before the model is loaded)."""
+    check_flags()
     cfg = resolve_config()
+    check_downstream_data(downstream_tasks())
+    if not str(cfg.stats.text).startswith("hf:"):
+        stats.read_corpus(cfg.stats.text, 1)  # the corpus exists and holds a document
+    fixed = templates.load_templates(FLAGS.templates) if FLAGS.templates else None
+    reused = None
+    if FLAGS.baseline:
+        reused = files.read_json(
+            FLAGS.baseline, "--baseline file", "pass another run's baseline.json, or drop the flag"
+        )
+        if not isinstance(reused, dict) or "case_ids" not in reused:
+            raise cli.UserError(
+                f"--baseline={FLAGS.baseline} is not a run's baseline.json (fix: pass the "
+                "baseline.json of another run, or drop the flag)"
+            )
+    reqs = read_requests()
+    prior = read_run_dir(workdir)
+    early = {
+        "config": config_lib.to_dict(cfg),
+        "data": FLAGS.requests or FLAGS.data_path,
+        "start": FLAGS.start,
+        "num_requests": len(reqs),
+        "batch_size": FLAGS.batch_size,
+        "case_ids": [r.case_id for r in reqs],
+    }
+    check_resumable(workdir, prior["run"], early, EARLY_IDENTITY, templates=False)
+
     model = jaxedit.load(cfg.model)
     cfg.validate(model.config.num_layers)
-    reqs = load_all_requests(model)
-
-    if FLAGS.templates:
-        tmpl = templates.load_templates(FLAGS.templates)
+    validate_batches(reqs, model)
+    if fixed is not None:
+        tmpl = fixed
     elif cfg.templates:
         tmpl = cfg.templates
     else:
@@ -543,11 +766,16 @@ def main(argv):
         "case_ids": [r.case_id for r in reqs],
         "devices": [str(d) for d in jax.devices()],
     }
-    if FLAGS.overwrite:
-        for name in RESULT_FILES:
-            (workdir / name).unlink(missing_ok=True)
-        shutil.rmtree(workdir / "snapshots", ignore_errors=True)
-    check_resumable(workdir, run)
+    check_resumable(workdir, prior["run"], run)
+    ev = Evaluator(model, cfg, reqs)
+    run["evaluation"] = ev.settings()
+    if reused is not None and prior["baseline"] is None:
+        problem = ev.baseline_mismatch(reused, model.source, run["case_ids"])
+        if problem:
+            raise cli.UserError(
+                f"--baseline={FLAGS.baseline} does not fit this run ({problem}) (fix: drop the "
+                "flag to compute this run's own)"
+            )
 
     stats_dir = FLAGS.stats_dir or str(hub.cache_dir() / "stats")
     t0 = time.perf_counter()
@@ -563,8 +791,38 @@ def main(argv):
     )
     run["stats_time_s"] = time.perf_counter() - t0
     ed = editor.Editor(model, cfg, layer_stats, cfg.templates, max_journal=1)
-    ev = Evaluator(model, cfg, reqs)
-    run["evaluation"] = ev.settings()
+    if prior["checkpoint"] is not None:
+        arrays = dict(prior["checkpoint"])
+        done = int(arrays.pop("batches_done"))
+        prior["resume"] = (done, ed.restore_state(arrays))
+    return cfg, model, reqs, run, ed, ev, prior, reused
+
+
+def main(argv):
+    del argv
+    workdir = Path(FLAGS.workdir)
+    existed = workdir.exists()
+    fresh = FLAGS.overwrite or not any((workdir / n).exists() for n in RESULT_FILES)
+    dump_existed = not FLAGS.dump_dir or Path(FLAGS.dump_dir).exists()
+    setup = prepare(workdir)  # writes nothing
+    try:
+        execute(workdir, *setup)
+    except (InputError, app.UsageError):
+        # A new run that fails on its input leaves no half run directory; an earlier run that
+        # was being resumed is left as it was (its checkpoint still resumes it).
+        if fresh:
+            remove_new_run(workdir, existed)
+        if not dump_existed:
+            shutil.rmtree(FLAGS.dump_dir, ignore_errors=True)
+        raise
+
+
+def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None:
+    """The run itself, on input `prepare` checked: baseline, batches, final metrics, export."""
+    if FLAGS.overwrite:
+        for name in RESULT_FILES:
+            (workdir / name).unlink(missing_ok=True)
+        shutil.rmtree(workdir / "snapshots", ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "run.json", run)  # identity checked above; evaluation settings may change
 
@@ -574,20 +832,13 @@ def main(argv):
 
     # 1. The unedited baseline, once.
     base_path = workdir / "baseline.json"
-    if base_path.exists():
-        baseline = json.loads(base_path.read_text())
-    elif FLAGS.baseline:
-        baseline = json.loads(Path(FLAGS.baseline).read_text())
-        problem = ev.baseline_mismatch(baseline, model.source, run["case_ids"])
-        if problem:
-            raise app.UsageError(
-                f"--baseline={FLAGS.baseline} does not fit this run ({problem}): drop the "
-                "flag to compute this run's own"
-            )
+    if prior["baseline"] is not None:
+        baseline = prior["baseline"]
+    elif reused is not None:  # checked against this run in `prepare`
         baseline = {
-            **baseline,
+            **reused,
             "settings": ev.settings(),
-            "downstream": {t: baseline["downstream"][t] for t in ev.tasks},
+            "downstream": {t: reused["downstream"][t] for t in ev.tasks},
         }
         write_json(base_path, baseline)
     else:
@@ -618,11 +869,8 @@ def main(argv):
     state = ed.init_state()
     done = 0
     ckpt = workdir / "checkpoint.npz"
-    if ckpt.exists():
-        with np.load(ckpt) as z:
-            arrays = dict(z)
-        done = int(arrays.pop("batches_done"))
-        state = ed.restore_state(arrays)
+    if prior.get("resume") is not None:  # read and checked in `prepare`
+        done, state = prior["resume"]
         logging.info("resuming after batch %d (%d edits)", done, state.num_edits)
     for name in ("batches.jsonl", "downstream.jsonl", "activation.jsonl"):
         rows = read_jsonl(workdir / name)
@@ -633,8 +881,10 @@ def main(argv):
     batches = [reqs[k : k + FLAGS.batch_size] for k in range(0, len(reqs), FLAGS.batch_size)]
     every = FLAGS.downstream_every
     original = model.params
+    bar = Progress(len(batches), "sequential edits", "batches", initial=done, leave=True)
     for i in range(done, len(batches)):
         if FLAGS.max_batches is not None and i - done >= FLAGS.max_batches:
+            bar.close()
             logging.info(
                 "stopping after %d batches (--max_batches); rerun to resume", FLAGS.max_batches
             )
@@ -673,6 +923,8 @@ def main(argv):
             ckpt.with_suffix(".tmp.npz"), batches_done=np.asarray(i + 1), **ed.state_arrays(state)
         )
         os.replace(ckpt.with_suffix(".tmp.npz"), ckpt)
+        bar.update(edits=state.num_edits)
+    bar.close()
 
     # 3. Final editing metrics against the same baseline.
     edited = ed.edited_model(state)

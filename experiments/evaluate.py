@@ -1,4 +1,4 @@
-"""Editing-quality evaluation of a model (unedited, or exported by `edit.py --export_dir`).
+r"""Editing-quality evaluation of a model (unedited, or exported by `edit.py --export_dir`).
 
     python experiments/evaluate.py --model=smollm2-135m --dataset=counterfact \
         --data_path=../shared/data/counterfact/counterfact-edit.json \
@@ -24,7 +24,9 @@ import json
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
+import cli  # experiments/cli.py: the user-error rule
+import console  # experiments/console.py: --help sections, --verbose, start-up noise kept off
+from absl import flags, logging
 
 import jaxedit
 from jaxedit import downstream, metrics
@@ -70,10 +72,38 @@ flags.DEFINE_string(
     "downstream_data",
     None,
     "Folder with the downstream {task}.json files (default "
-    "$JAXEDIT_DATA/downstream, else ../shared/data/downstream).",
+    "$JAXEDIT_DATA/downstream, else ../shared/data/downstream, else downloaded once).",
 )
 flags.DEFINE_integer(
     "downstream_batch_size", 16, "Prompts per model call in downstream evaluation."
+)
+__doc__ = console.help_sections(
+    __doc__,
+    [
+        ("model and output", ["model", "out"]),
+        ("editing metrics (CounterFact/zsRE)", ["data_path", "dataset", "start", "num_records"]),
+        (
+            "downstream tasks",
+            [
+                "downstream",
+                "num_tests",
+                "num_few_shots",
+                "gen_len",
+                "quirks",
+                "mmlu_dir",
+                "downstream_data",
+                "downstream_batch_size",
+            ],
+        ),
+        ("console", ["verbose"]),
+    ],
+    footer="""
+--out gets one JSON object: "model"; with --data_path also "dataset", "data_path", "start",
+"num_records", "scores" (ES/PS/NS/S with their _acc and _diff variants; zsRE: efficacy,
+generalization, specificity), "time_s" and "records" (per record its case_id and, per prompt set,
+the NLL pairs or token accuracies); with --downstream also "downstream": {"settings", "results":
+{task: f1, f1_new, mcc, correct, invalid, total, time_s, ...}}. A summary is printed to stdout;
+progress goes to stderr (a bar on a terminal, else a line every 30 s).""",
 )
 
 SET_NAMES = {
@@ -86,7 +116,7 @@ SET_NAMES = {
 def downstream_data_dir() -> Path:
     if FLAGS.downstream_data:
         return Path(FLAGS.downstream_data)
-    return paths.data_dir() / "downstream"
+    return paths.dataset("downstream", flag="--downstream_data")
 
 
 def run_downstream(model) -> dict:
@@ -116,27 +146,67 @@ def run_downstream(model) -> dict:
     return {"settings": settings, "results": results}
 
 
+def check_inputs() -> list[requests_lib.EditRequest]:
+    """Every flag and input file, before the model is loaded; returns the parsed records."""
+    if not FLAGS.data_path and not FLAGS.downstream:
+        raise cli.UserError(
+            "nothing to evaluate (fix: give --data_path (CounterFact/zsRE metrics) "
+            "and/or --downstream=TASKS (few-shot downstream tasks))"
+        )
+    bounds = [
+        ("start", FLAGS.start >= 0, "pass a record index >= 0"),
+        ("num_records", FLAGS.num_records >= 1, "evaluate at least one record"),
+        ("num_tests", FLAGS.num_tests >= 1, "pass at least 1 test"),
+        (
+            "num_few_shots",
+            0 <= FLAGS.num_few_shots <= downstream.FEW_SHOT_POOL,
+            f"pass 0..{downstream.FEW_SHOT_POOL}",
+        ),
+        ("gen_len", FLAGS.gen_len >= 1, "pass at least 1 token"),
+        ("downstream_batch_size", FLAGS.downstream_batch_size >= 1, "pass >= 1"),
+    ]
+    for name, ok, fix in bounds:
+        if not ok:
+            raise cli.UserError(f"--{name}={FLAGS[name].value}: out of range (fix: {fix})")
+    if Path(FLAGS.out).is_dir():
+        raise cli.UserError(f"--out={FLAGS.out} is a directory (fix: pass a .json file path)")
+    if FLAGS.downstream:
+        tasks = downstream.resolve_tasks(FLAGS.downstream)  # a bad name fails here
+        if not FLAGS.mmlu_dir and not downstream_data_dir().is_dir():
+            raise cli.UserError(
+                f"downstream data folder {downstream_data_dir()} not found (fix: pass "
+                "--downstream_data or set JAXEDIT_DATA)"
+            )
+        downstream.check_data(
+            tasks,
+            downstream_data_dir(),
+            num_tests=FLAGS.num_tests,
+            num_few_shots=FLAGS.num_few_shots,
+            mmlu_source=FLAGS.mmlu_dir or "fewshot",
+        )
+    if not FLAGS.data_path:
+        return []
+    zsre_target = "answers" if FLAGS.dataset == "zsre" else "alt"
+    reqs = requests_lib.load_requests(
+        FLAGS.data_path, FLAGS.start, FLAGS.num_records, zsre_target=zsre_target
+    )
+    other = sorted({r.layout for r in reqs if (r.layout == "zsre") != (FLAGS.dataset == "zsre")})
+    if other:
+        right = "zsre" if other == ["zsre"] else "counterfact"
+        raise cli.UserError(
+            f"--dataset={FLAGS.dataset} but --data_path={FLAGS.data_path} holds {other[0]} "
+            f"records (fix: --dataset={right}, or pass a {FLAGS.dataset} file)"
+        )
+    return reqs
+
+
 def main(argv):
     del argv
-    if not FLAGS.data_path and not FLAGS.downstream:
-        raise app.UsageError(
-            "nothing to evaluate: give --data_path (CounterFact/zsRE metrics) "
-            "and/or --downstream=TASKS (few-shot downstream tasks)"
-        )
-    if FLAGS.downstream:
-        try:  # fail on a bad name before loading the model
-            downstream.resolve_tasks(FLAGS.downstream)
-        except ValueError as err:
-            raise app.UsageError(str(err)) from err
-        if not FLAGS.mmlu_dir and not downstream_data_dir().is_dir():
-            raise app.UsageError(
-                f"downstream data folder {downstream_data_dir()} not found: pass "
-                "--downstream_data or set JAXEDIT_DATA"
-            )
+    reqs = check_inputs()
     model = jaxedit.load(FLAGS.model)
     out = {"model": model.source}
     if FLAGS.data_path:
-        out.update(edit_metrics(model))
+        out.update(edit_metrics(model, reqs))
     if FLAGS.downstream:
         out["downstream"] = run_downstream(model)
     Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
@@ -153,11 +223,7 @@ def main(argv):
     print(json.dumps(summary))
 
 
-def edit_metrics(model) -> dict:
-    zsre_target = "answers" if FLAGS.dataset == "zsre" else "alt"
-    reqs = requests_lib.load_requests(
-        FLAGS.data_path, FLAGS.start, FLAGS.num_records, zsre_target=zsre_target
-    )
+def edit_metrics(model, reqs: list[requests_lib.EditRequest]) -> dict:
     t0 = time.perf_counter()
     if FLAGS.dataset == "counterfact":
         res = metrics.counterfact_scores(model, reqs)
@@ -192,4 +258,4 @@ def edit_metrics(model) -> dict:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

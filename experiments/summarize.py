@@ -1,4 +1,4 @@
-"""Tables and plots from sequential-editing run directories (written by experiments/edit.py).
+r"""Tables and plots from sequential-editing run directories (written by experiments/edit.py).
 
     python experiments/summarize.py --runs='runs/*' --out=experiments/results/summary
     python experiments/summarize.py --runs=runs/encore,runs/memit_seq \
@@ -33,8 +33,35 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from summary import summarize
+from summary.runs import expand_runs
+
+# What makes a directory a run directory of experiments/edit.py (an unfinished run has run.json).
+RUN_FILES = ("run.json", "batches.jsonl", "final.json")
+
+
+def check_runs(runs: str, out: str) -> None:
+    """Refuses (before anything is written) a --runs that names no run directory at all and an
+    --out that is a file; a set with some unfinished or unreadable runs is summarized with notes."""
+    import cli  # experiments/cli.py: the user-error rule
+
+    paths = expand_runs(runs)
+    if not paths:
+        raise cli.UserError(
+            f"--runs={runs!r} matches no directory (fix: pass run directories of "
+            "experiments/edit.py, comma-separated, globs allowed: --runs='runs/*')"
+        )
+    found = [p for p in paths if any((Path(p) / n).is_file() for n in RUN_FILES)]
+    if not found:
+        shown = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+        raise cli.UserError(
+            f"--runs={runs!r}: no run directory among {shown} (none holds run.json or "
+            "batches.jsonl) (fix: pass the --workdir folders of experiments/edit.py runs)"
+        )
+    if Path(out).exists() and not Path(out).is_dir():
+        raise cli.UserError(f"--out={out} is a file (fix: pass a directory path)")
 
 
 def _define_flags():
@@ -50,6 +77,12 @@ def _define_flags():
         "Comma-separated display names (default: run.json label or the directory name).",
     )
     flags.DEFINE_bool("plots", True, "Write the PNG plots.")
+    import console  # experiments/console.py: --help sections
+
+    global __doc__
+    __doc__ = console.help_sections(
+        __doc__, [("run directories", ["runs", "labels"]), ("output", ["out", "plots"])]
+    )
     return flags.FLAGS
 
 
@@ -59,6 +92,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
+    check_runs(FLAGS.runs, FLAGS.out)
     result = summarize(FLAGS.runs, FLAGS.out, FLAGS.labels, plots=FLAGS.plots)
     sys.stdout.write(result["markdown"])
     sys.stdout.flush()
@@ -66,7 +100,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    import cli  # experiments/cli.py: the user-error rule (imported here: it loads jaxedit)
 
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -255,7 +255,9 @@ def _tokenize(model: LanguageModel, texts, max_length: int) -> list[list[int]]:
         if isinstance(text, str):
             if model.tokenizer is None:
                 raise ValueError("this model has no tokenizer: pass token id lists, not strings")
-            seq = list(model.tokenizer(text)["input_ids"])
+            # truncated by the tokenizer: a long document is never a token list beyond the
+            # model's context (and transformers does not warn about one)
+            seq = list(model.tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
         else:
             seq = [int(x) for x in text]
         if not seq:

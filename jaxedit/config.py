@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
 
 from jaxedit.errors import InputError
+from jaxedit.files import read_json, require_file
 from jaxedit.numerics import check_precision
 
 METHODS = ("MEMIT", "MEMIT_seq", "ENCORE", "AlphaEdit", "EMMET")
@@ -276,8 +275,10 @@ def from_reference_hparams(
     hp = (
         path_or_dict
         if isinstance(path_or_dict, dict)
-        else json.loads(Path(path_or_dict).read_text())
+        else read_json(path_or_dict, "hparams JSON", "pass the authors' hparams .json file")
     )
+    if not isinstance(hp, dict):
+        raise ConfigValueError(f"hparams JSON {path_or_dict}: expected a JSON object of fields")
     cfg = base or EditConfig()
     cfg = dataclasses.replace(
         cfg,
@@ -312,15 +313,24 @@ def from_reference_hparams(
 
 def load_config_file(path: str | os.PathLike) -> EditConfig:
     """Runs a `configs/*.py` file's `get_config()` (what `config_flags.DEFINE_config_file` does)."""
-    path = Path(path)
+    path = require_file(path, "config file", "pass a configs/*.py file")
     spec = importlib.util.spec_from_file_location(f"jaxedit_config_{path.stem}", path)
     if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"config file {path} cannot be imported")
+        raise ConfigValueError(
+            f"config file {path} cannot be imported (fix: pass a Python file, configs/*.py)"
+        )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigValueError(
+            f"config file {path} defines no get_config() (fix: define get_config() returning an "
+            "EditConfig, as configs/*.py do)"
+        )
     cfg = module.get_config()
     if not isinstance(cfg, EditConfig):
-        raise TypeError(f"{path}: get_config() returned {type(cfg).__name__}, expected EditConfig")
+        raise ConfigValueError(
+            f"config file {path}: get_config() returned {type(cfg).__name__}, expected EditConfig"
+        )
     return cfg
 
 

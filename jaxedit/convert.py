@@ -34,6 +34,8 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from jaxedit.errors import InputError, MissingFileError
+from jaxedit.files import check_safetensors, read_json
 from jaxedit.models import ModelConfig, build_abstract
 
 _T = "transpose"
@@ -103,7 +105,7 @@ def _translate(rules, name: str, forward: bool) -> tuple[str, str] | None:
     return None
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint does not match its config (missing, unexpected or mis-shaped tensors)."""
 
 
@@ -199,21 +201,26 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     (or one `.safetensors` file) into numpy arrays (bf16 arrives as `ml_dtypes.bfloat16`)."""
     path = Path(path)
     if path.is_file():
-        files = [path]
+        shards = [path]
     elif (path / "model.safetensors.index.json").exists():
-        index = json.loads((path / "model.safetensors.index.json").read_text())
-        files = [path / f for f in sorted(set(index["weight_map"].values()))]
+        index_file = path / "model.safetensors.index.json"
+        index = read_json(index_file, "safetensors index", "download or copy it again")
+        if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+            raise InputError(f"{index_file}: no weight_map (fix: download or copy it again)")
+        shards = [path / f for f in sorted(set(index["weight_map"].values()))]
     elif (path / "model.safetensors").exists():
-        files = [path / "model.safetensors"]
+        shards = [path / "model.safetensors"]
     else:
         found = sorted(p.name for p in path.glob("*"))
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path}: no model.safetensors or model.safetensors.index.json (found {found[:10]}); "
             "pytorch_model.bin checkpoints need torch: convert them with "
             "save_pretrained(safe_serialization=True)"
         )
+    for f in shards:  # every shard is there and as long as its header says, before any is read
+        check_safetensors(f)
     tensors = {}
-    for f in files:
+    for f in shards:
         with safe_open(f, framework="numpy") as reader:
             names = reader.keys()  # a list: safe_open is not a mapping (it has no __iter__)
             for key in names:

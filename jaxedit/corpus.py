@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from jaxedit.errors import InputError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt",)
@@ -39,9 +41,11 @@ def _blank(line: str) -> bool:
 
 def _read_txt(path: Path) -> Iterator[str]:
     lines: list[str] = []
+    separated = False  # a blank line was seen
     with open(path, encoding="utf-8") as f:
         for line in f:
             if _blank(line):
+                separated = True
                 if lines:
                     doc = "\n".join(lines).strip()
                     if doc:
@@ -50,6 +54,15 @@ def _read_txt(path: Path) -> Iterator[str]:
             else:
                 lines.append(line.rstrip("\r\n"))
     if lines:
+        if not separated and len(lines) > 1:
+            # e.g. a raw WikiText file renamed .txt: one document of the whole file, which the
+            # statistics cut at the model's context
+            logger.warning(
+                "corpus %s has no blank line: its %d lines are read as one document; separate "
+                "documents by blank lines, write JSONL, or keep a raw WikiText file's .raw name",
+                path,
+                len(lines),
+            )
         doc = "\n".join(lines).strip()
         if doc:
             yield doc
@@ -63,12 +76,12 @@ def _read_jsonl(path: Path) -> Iterator[str]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(
+                raise InputError(
                     f"{path}:{n}: not valid JSON ({e}); expected one "
                     '{"text": "..."} object per line'
                 ) from e
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise ValueError(
+                raise InputError(
                     f'{path}:{n}: expected a JSON object with a string "text" field, '
                     f"got {str(obj)[:80]!r}"
                 )
@@ -104,8 +117,9 @@ def read_documents(path: str | os.PathLike) -> Iterator[str]:
       Document texts.
 
     Raises:
-      FileNotFoundError: `path` does not exist.
-      ValueError: an unsupported file type, a folder with no readable file, or a bad JSONL line.
+      MissingFileError (a FileNotFoundError): `path` does not exist.
+      InputError (a ValueError): an unsupported file type, a folder with no readable file, or a
+        bad JSONL line.
     """
     path = Path(path)
     if path.is_dir():
@@ -115,15 +129,17 @@ def read_documents(path: str | os.PathLike) -> Iterator[str]:
             if p.is_file() and not p.name.startswith(".") and _reader(p) is not None
         )
         if not files:
-            raise ValueError(f"corpus folder {path} holds no .txt or .jsonl file")
+            raise InputError(f"corpus folder {path} holds no .txt or .jsonl file")
         for file in files:
             yield from _reader(file)(file)
         return
     if not path.exists():
-        raise FileNotFoundError(f"corpus {path} does not exist")
+        raise MissingFileError(
+            f"corpus {path} does not exist (fix: pass an existing .txt/.jsonl file or folder)"
+        )
     reader = _reader(path)
     if reader is None:
-        raise ValueError(
+        raise InputError(
             f"corpus {path}: unsupported file type {path.suffix!r}; use a .txt file (documents "
             'separated by blank lines), a .jsonl file ({"text": ...} per line) or a folder of '
             "those (for the raw WikiText file use wikitext_paragraphs)"
@@ -231,11 +247,14 @@ def wikitext_paragraphs(raw_path: str | os.PathLike) -> list[str]:
       The paragraphs, in file order.
 
     Raises:
-      FileNotFoundError: the file does not exist.
+      MissingFileError (a FileNotFoundError): the file does not exist.
     """
     raw_path = Path(raw_path)
     if not raw_path.is_file():
-        raise FileNotFoundError(f"WikiText file {raw_path} does not exist")
+        raise MissingFileError(
+            f"WikiText file {raw_path} does not exist (fix: pass wikitext-2-raw.wiki.test.raw, or "
+            "a .txt/.jsonl corpus)"
+        )
     paragraphs = []
     with open(raw_path, encoding="utf-8") as f:
         for line in f:

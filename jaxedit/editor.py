@@ -386,13 +386,22 @@ class Editor:
         journal)."""
         base = self.init_state()
         kernels, kkt = {}, {}
+        names = [f"kernel_L{l}" for l in self.cfg.layers] + ["num_edits"]
+        names += [f"prev_kkt_L{l}" for l in self.cfg.layers] if self.uses_prev_cache else []
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise InputError(
+                f"checkpoint has no {', '.join(missing)}: it belongs to another configuration "
+                "(fix: delete it, or start a new run)"
+            )
         for layer in self.cfg.layers:
             want = base.base_kernels[layer]
             got = np.asarray(arrays[f"kernel_L{layer}"])
             if got.shape != want.shape or got.dtype != want.dtype:
-                raise ValueError(
+                raise InputError(
                     f"checkpoint kernel of layer {layer} is {got.shape} {got.dtype}, the model's "
-                    f"is {want.shape} {want.dtype}: the checkpoint belongs to another model"
+                    f"is {want.shape} {want.dtype}: the checkpoint belongs to another model "
+                    "(fix: delete it, or start a new run)"
                 )
             kernels[layer] = jnp.asarray(got)
             if self.uses_prev_cache:

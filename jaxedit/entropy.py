@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from jaxedit.lm import LanguageModel
+from jaxedit.progress import Progress
 from jaxedit.requests import EditRequest
 from jaxedit.shapes import bucket
 from jaxedit.wordtok import word_tokenize
@@ -173,6 +174,7 @@ def generate_texts(
     max_out_len: int = 100,
     top_k: int = 5,
     batch_size: int = 64,
+    progress: bool = True,
 ) -> list[str]:
     """Sampled texts, each the prompt plus its continuation, at most `max_out_len` tokens in all
     (the reference's `generate_fast(..., max_out_len=100)` with top-k 5 sampling).
@@ -185,7 +187,8 @@ def generate_texts(
     tokenization. The text is the decoded prompt tokens plus the kept continuation tokens,
     NFKD-normalised, with "\\n\\n" replaced by a space (as the reference does). Unlike the
     reference, which samples on past the end-of-sequence token and deletes it from the text, a row
-    ends at its first end-of-sequence token.
+    ends at its first end-of-sequence token. `progress` reports prompts sampled, rate and time left
+    (`jaxedit.progress`).
     """
     tok = model.tokenizer
     if not prompts:
@@ -198,6 +201,7 @@ def generate_texts(
     if max_new >= 1:
         order = np.argsort(lengths, kind="stable")
         size = min(batch_size, bucket(len(prompts), 8))
+        bar = Progress(len(prompts), "generation (GE)", "prompts", enabled=progress)
         for c, start in enumerate(range(0, len(order), size)):
             rows = [int(i) for i in order[start : start + size]]
             batch = [prompts[i] for i in rows]
@@ -205,6 +209,8 @@ def generate_texts(
             texts = model.generate(batch, max_new, top_k=top_k, key=jax.random.fold_in(key, c))
             for i, t in zip(rows, texts):
                 conts[i] = t
+            bar.update(len(rows))
+        bar.close()
     out = []
     for ids, n, cont in zip(prompt_ids, lengths, conts):
         keep = max(0, max_out_len - int(n))
@@ -227,12 +233,13 @@ def counterfact_generation_entropy(
     qna_path: str | os.PathLike | None = None,
     batch_size: int = 64,
     return_texts: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Generation Entropy of CounterFact records (reference §6.3).
 
     Prompts per record come from `generation_prompts_for`; all prompts of all records are sampled
     together by `generate_texts` (prompt included in the scored text); each record's entropy is the
-    mean of `text_ngram_entropy` over its texts.
+    mean of `text_ngram_entropy` over its texts. `progress` reports the sampling's progress.
 
     Returns:
       {"GE": 100 × mean over records that had prompts (NaN if none), "num_records": their number,
@@ -244,7 +251,13 @@ def counterfact_generation_entropy(
     )
     flat = [p for ps in prompts for p in ps]
     texts = generate_texts(
-        model, flat, seed=seed, max_out_len=max_out_len, top_k=top_k, batch_size=batch_size
+        model,
+        flat,
+        seed=seed,
+        max_out_len=max_out_len,
+        top_k=top_k,
+        batch_size=batch_size,
+        progress=progress,
     )
     per_texts, k = [], 0
     for ps in prompts:

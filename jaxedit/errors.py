@@ -13,5 +13,14 @@ class InputError(ValueError):
     """Bad input; the message names the input and the fix."""
 
 
-class TruncatedFileError(InputError):
+class MissingFileError(InputError, FileNotFoundError):
+    """A file or folder the caller named does not exist (also a `FileNotFoundError`)."""
+
+
+class CorruptFileError(InputError):
+    """A file exists but cannot be read as what it should be (not JSON, not an .npz, a bad
+    header...); the message names the file and what to do with it."""
+
+
+class TruncatedFileError(CorruptFileError):
     """A file ends before its own header says it should (an interrupted download or copy)."""

@@ -53,6 +53,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from jaxedit.errors import InputError
+from jaxedit.files import check_gguf
 from jaxedit.gguf_tokenizer import build_tokenizer
 
 if TYPE_CHECKING:
@@ -135,24 +137,30 @@ def read_gguf(
       `PreTrainedTokenizerFast` built from the file's vocabulary.
 
     Raises:
-      ValueError: the file is not a Llama-architecture GGUF, its metadata is incomplete, or its
-        tensors do not match the metadata (all tensor problems are listed in one message).
+      InputError: the file is not a Llama-architecture GGUF, its metadata is incomplete, or its
+        tensors do not match the metadata (all tensor problems are listed in one message);
+        `TruncatedFileError` when it ends before the tensor data its header declares.
     """
     from gguf import GGUFReader
 
+    check_gguf(path)  # a cut-short file: TruncatedFileError naming it, not a failed reshape
     reader = GGUFReader(os.fspath(path))
     meta = _metadata(reader)
     arch = meta.get("general.architecture")
     if arch != "llama":
-        raise ValueError(
+        raise InputError(
             f"{os.fspath(path)}: GGUF field general.architecture={arch!r}; jaxedit reads only "
-            "'llama' (Llama 2/3, SmolLM, ...) GGUF files"
+            "'llama' (Llama 2/3, SmolLM, ...) GGUF files (fix: pass a Llama-family GGUF, or a "
+            "Hugging Face directory of a Llama or GPT-2 model)"
         )
     tensor_names = {t.name for t in reader.tensors}
-    hf_config = _hf_config(meta, tensor_names)
-    tensors, rope_freqs = _hf_tensors(reader, hf_config)
-    if rope_freqs is not None:
-        _apply_rope_freqs(hf_config, rope_freqs)
+    try:
+        hf_config = _hf_config(meta, tensor_names)
+        tensors, rope_freqs = _hf_tensors(reader, hf_config)
+        if rope_freqs is not None:
+            _apply_rope_freqs(hf_config, rope_freqs)
+    except InputError as err:
+        raise InputError(f"{os.fspath(path)}: {err}") from None
     tokenizer = build_tokenizer(meta)
     logger.info(
         "read %s: %d layers, d=%d, %d tensors (%s)",
@@ -181,7 +189,7 @@ def _hf_config(meta: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
 
     def need(key: str) -> Any:
         if key not in meta:
-            raise ValueError(f"GGUF metadata has no {key!r}, which a Llama config needs")
+            raise InputError(f"GGUF metadata has no {key!r}, which a Llama config needs")
         return meta[key]
 
     d = int(need("llama.embedding_length"))
@@ -191,19 +199,19 @@ def _hf_config(meta: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
     value_dim = int(meta.get("llama.attention.value_length", head_dim))
     rot_dim = int(meta.get("llama.rope.dimension_count", head_dim))
     if value_dim != head_dim:
-        raise ValueError(
+        raise InputError(
             f"GGUF llama.attention.value_length={value_dim} differs from key_length={head_dim}; "
             "Hugging Face Llama has one head_dim"
         )
     if rot_dim != head_dim:
-        raise ValueError(
+        raise InputError(
             f"GGUF llama.rope.dimension_count={rot_dim} differs from head_dim={head_dim} (partial "
             "rotary embedding), which Hugging Face Llama does not implement"
         )
     tokens = meta.get("tokenizer.ggml.tokens")
     vocab = meta.get("llama.vocab_size", len(tokens) if tokens is not None else None)
     if vocab is None:
-        raise ValueError("GGUF metadata has neither 'llama.vocab_size' nor 'tokenizer.ggml.tokens'")
+        raise InputError("GGUF metadata has neither 'llama.vocab_size' nor 'tokenizer.ggml.tokens'")
     cfg: dict[str, Any] = {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
@@ -317,7 +325,7 @@ def _apply_rope_freqs(cfg: dict[str, Any], freqs: np.ndarray) -> None:
     """Folds llama.cpp's `rope_freqs.weight` into `cfg["rope_scaling"]`, or raises if it cannot."""
     freqs = np.asarray(freqs, dtype=np.float64).reshape(-1)
     if freqs.shape != (cfg["head_dim"] // 2,):
-        raise ValueError(f"rope_freqs.weight has {freqs.size} values, expected head_dim/2")
+        raise InputError(f"rope_freqs.weight has {freqs.size} values, expected head_dim/2")
     scaling = cfg.get("rope_scaling")
     if scaling is None:
         if np.allclose(freqs, 1.0):
@@ -331,13 +339,13 @@ def _apply_rope_freqs(cfg: dict[str, Any], freqs: np.ndarray) -> None:
         or not all(k in scaling for k in needed)
         or not 0 < scaling["low_freq_factor"] < scaling["high_freq_factor"]
     ):
-        raise ValueError(
+        raise InputError(
             "rope_freqs.weight (per-frequency RoPE divisors) is present but cannot be expressed as "
             f"llama3 rope_scaling (metadata: {cfg.get('rope_scaling')})"
         )
     expected = _llama3_factors(cfg, scaling)
     if not np.allclose(expected, freqs, rtol=1e-4, atol=1e-6):
-        raise ValueError(
+        raise InputError(
             "rope_freqs.weight is not reproduced by llama3 rope_scaling "
             f"{scaling}: max abs difference {np.abs(expected - freqs).max():.3g}"
         )
@@ -418,7 +426,7 @@ def _hf_tensors(
         tensors[name] = np.ascontiguousarray(w)
     problems += [f"missing tensor {n} {list(s)}" for n, s in expected.items() if n not in tensors]
     if problems:
-        raise ValueError(
+        raise InputError(
             f"GGUF tensors do not match a Llama with config {_summary(cfg)}:\n  "
             + "\n  ".join(problems)
         )

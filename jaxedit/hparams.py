@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxedit.config import FIXED_TEMPLATES, EditConfig, SearchConfig, SolveConfig, StatsConfig
+from jaxedit.errors import InputError
 
 # model -> (layers, v_num_grad_steps, mom2_update_weight, mom2_n_samples)
 MODELS: dict[str, tuple[tuple[int, ...], int, float, int]] = {
@@ -51,7 +52,9 @@ def paper_config(method: str, model: str) -> EditConfig:
         layers, solve.cov_weight, solve.emmet_lambda, search.num_steps = EMMET[model]
         solve.add_prev_edits = False
     elif method not in ("MEMIT", "MEMIT_seq"):
-        raise ValueError(f"unknown method {method!r}")
+        raise InputError(
+            f"unknown method {method!r} (fix: one of MEMIT, MEMIT_seq, ENCORE, AlphaEdit, EMMET)"
+        )
     cfg = EditConfig(
         method=method,
         layers=layers,

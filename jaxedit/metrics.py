@@ -29,6 +29,7 @@ from flax import nnx
 from jaxedit import entropy
 from jaxedit.lm import LanguageModel
 from jaxedit.models import Probe
+from jaxedit.progress import Progress
 from jaxedit.requests import EditRequest
 from jaxedit.shapes import bucket
 
@@ -49,10 +50,12 @@ def answer_nll(
     batch_size: int = 64,
     return_lengths: bool = False,
     return_accuracy: bool = False,
+    progress: bool = True,
 ):
     """Mean per-token NLL of each answer after its prompt (answers get a leading space); with
     `return_lengths` also the number of answer tokens, with `return_accuracy` also the fraction of
-    answer tokens that are the argmax under teacher forcing."""
+    answer tokens that are the argmax under teacher forcing. `progress` reports pairs scored, rate
+    and time left (`jaxedit.progress`)."""
     tok = model.tokenizer
     rows = []
     for prompt, answer in pairs:
@@ -65,6 +68,7 @@ def answer_nll(
     out = np.zeros(len(rows), np.float64)
     acc = np.zeros(len(rows), np.float64)
     order = np.argsort([len(r[0]) for r in rows])  # similar lengths together: less padding
+    bar = Progress(len(rows), "answer NLLs", "pairs", enabled=progress)
     for start in range(0, len(rows), batch_size):
         chunk = [rows[i] for i in order[start : start + batch_size]]
         t = bucket(max(len(r[0]) for r in chunk), 16)
@@ -88,6 +92,8 @@ def answer_nll(
         acc[order[start : start + batch_size]] = (
             (top * amask).sum(-1) / np.maximum(amask.sum(-1), 1)
         )[: len(chunk)]
+        bar.update(len(chunk))
+    bar.close()
     result = [out]
     if return_lengths:
         result.append(np.array([r[2] for r in rows]))
@@ -161,6 +167,7 @@ def counterfact_scores(
     max_per_record: int = 10,
     append_qna: bool = False,
     qna_path: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> dict:
     """ES / PS / NS (×100) over records, plus per-record NLL pairs for each prompt set.
 
@@ -168,6 +175,7 @@ def counterfact_scores(
     `pool_path`, `seed`, `max_out_len`, `max_per_record`, `append_qna`, `qna_path`): the scores get
     "GE" and "GE_records", and the records get "generation": per record {"entropy" (bits, or None
     without prompts), "prompts", "texts"}. Off by default: sampling is the expensive part.
+    `progress` reports the scoring's (and the sampling's) progress (`jaxedit.progress`).
 
     Returns:
       {"scores": summary dict (`summarize_counterfact`), "records": {set name: per-record lists}}.
@@ -193,7 +201,7 @@ def counterfact_scores(
                 index.append((name, j, len(pairs)))
                 pairs.append((p, req.target_new))
                 pairs.append((p, true))
-    nll, acc = answer_nll(model, pairs, return_accuracy=True)
+    nll, acc = answer_nll(model, pairs, return_accuracy=True, progress=progress)
     # per set, one list of prompt results per record; "generation": one dict per record
     per: dict[str, list[Any]] = {name: [[] for _ in requests] for name in sets}
     for name, j, k in index:
@@ -217,6 +225,7 @@ def counterfact_scores(
             append_qna=append_qna,
             qna_path=qna_path,
             return_texts=True,
+            progress=progress,
         )
         for rec, value in zip(records, ge["per_record"]):
             rec["ge"] = value
@@ -228,14 +237,16 @@ def counterfact_scores(
     return {"scores": scores, "records": per}
 
 
-def zsre_scores(model: LanguageModel, requests: Sequence[EditRequest]) -> dict:
+def zsre_scores(
+    model: LanguageModel, requests: Sequence[EditRequest], *, progress: bool = True
+) -> dict:
     """zsRE teacher-forced token accuracy (×100): of the new target on the rewrite and paraphrase
     prompts, and of the true answer (`neighborhood_target`) on the neighbourhood prompt (reference
     §6.4).
 
     One teacher-forced pass over f"{prompt} {answer}" per pair; the reference re-tokenizes the
     prompt with each answer prefix, which gives the same tokens except where BPE merges across the
-    boundary.
+    boundary. `progress` reports the scoring's progress (`jaxedit.progress`).
     """
     pairs: list[tuple[str, str]] = []
     index: list[tuple[str, int]] = []
@@ -250,7 +261,7 @@ def zsre_scores(model: LanguageModel, requests: Sequence[EditRequest]) -> dict:
             for p in prompts:
                 index.append((name, j))
                 pairs.append((p, answer))
-    _, acc = answer_nll(model, pairs, return_accuracy=True)
+    _, acc = answer_nll(model, pairs, return_accuracy=True, progress=progress)
     per: dict[str, list[list[float]]] = {
         name: [[] for _ in requests] for name in ("rewrite", "paraphrase", "neighborhood")
     }

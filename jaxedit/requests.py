@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxedit.errors import InputError
+from jaxedit.errors import InputError, MissingFileError
 from jaxedit.prompts import subject_token_mismatch, with_leading_space
 from jaxedit.records import (
     LAYOUTS,
@@ -399,7 +399,13 @@ def validate_requests(
 
 
 def _read_records(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(
+            [Problem(None, None, "<file>", f"not UTF-8 text ({e})", "write UTF-8 JSON or JSONL")],
+            path,
+        ) from None
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         return _read_jsonl(path, text)
     try:
@@ -510,15 +516,24 @@ def load_requests(
       file.
 
     Raises:
-      RequestError: naming the file and listing every problem found.
-      FileNotFoundError: the file does not exist.
+      RequestError: naming the file and listing every problem found (also: no records at all).
+      MissingFileError (a FileNotFoundError): the file does not exist.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"edit request file {path} does not exist")
+        raise MissingFileError(
+            f"edit request file {path} "
+            + ("is a directory" if path.is_dir() else "does not exist")
+            + " (fix: pass a JSON/JSONL file of requests, e.g. counterfact-edit.json)"
+        )
     if start < 0 or (num is not None and num < 0):
-        raise ValueError(f"start={start}, num={num}: both must be >= 0")
+        raise InputError(f"start={start}, num={num}: both must be >= 0")
     records = _read_records(path)
+    if not records:
+        raise RequestError(
+            [Problem(None, None, "<file>", "holds no records", "write at least one request")],
+            path,
+        )
     if start > len(records) or (start == len(records) and num != 0 and records):
         raise RequestError(
             [

@@ -35,8 +35,11 @@ from flax import nnx
 from numpy.typing import ArrayLike
 
 from jaxedit import convert
+from jaxedit.errors import InputError
+from jaxedit.files import read_npz
 from jaxedit.lm import LanguageModel
 from jaxedit.models import Probe
+from jaxedit.progress import LOG_EVERY_S, Progress
 from jaxedit.shapes import bucket_pow2
 
 log = logging.getLogger(__name__)
@@ -98,18 +101,21 @@ def collect_second_moments(
     *,
     batch_tokens: int = 4096,
     total: int | None = None,
-    log_every: float = 30.0,
+    log_every: float = LOG_EVERY_S,
+    progress: bool = True,
 ) -> tuple[dict[int, np.ndarray], int]:
     """C0 per layer from tokenized documents (each a list of ids), and the token count.
 
     Documents are grouped into batches of at most `batch_tokens` padded tokens (lengths bucketed to
-    multiples of 64 so a corpus compiles a handful of shapes). Progress is logged every
-    `log_every` s.
+    multiples of 64 so a corpus compiles a handful of shapes). With `progress`, documents done
+    (of `total`), rate and time left are reported (`jaxedit.progress`: a bar on a terminal, else a
+    log line every `log_every` s).
     """
     layers = tuple(sorted(layers))
     f = model.config.intermediate_size
     sums = tuple(jnp.zeros((f, f), jnp.float32) for _ in layers)
-    count, docs_done, t_start, t_log = 0, 0, time.perf_counter(), time.perf_counter()
+    count, docs_done, t_start = 0, 0, time.perf_counter()
+    bar = Progress(total, "key statistics", "documents", enabled=progress, log_every=log_every)
 
     def length_bucket(
         n: int,
@@ -137,26 +143,18 @@ def collect_second_moments(
         group = pending.setdefault(t, [])
         group.append(doc_ids)
         if len(group) == max(1, batch_tokens // t):
-            sums = flush(t, group, sums)
+            previous, sums = sums, flush(t, group, sums)
+            jax.block_until_ready(previous)  # one batch in flight: the reported rate is real
             pending[t] = []
         count += len(doc_ids)
         docs_done += 1
-        if time.perf_counter() - t_log > log_every:
-            t_log = time.perf_counter()
-            rate = count / (t_log - t_start)
-            of = f"/{total}" if total else ""
-            log.info(
-                "key statistics: %d%s documents, %d tokens, %.0f tokens/s",
-                docs_done,
-                of,
-                count,
-                rate,
-            )
+        bar.update(tokens=count)
     for t, group in pending.items():
         if group:
             sums = flush(t, group, sums)
+    bar.close()
     if count == 0:
-        raise ValueError("the statistics corpus has no tokens")
+        raise InputError("the statistics corpus has no tokens (fix: pass a corpus with text)")
     log.info(
         "key statistics: %d documents, %d tokens in %.1f s",
         docs_done,
@@ -187,9 +185,9 @@ def load_memit_npz(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     sum of k kᵀ with `count`; jaxedit's own files store the mean. Both are told apart by the
     `jaxedit.meta` entry, and the mean C0 = mom2 / count is returned either way.
     """
-    data = np.load(path, allow_pickle=False)
+    data = read_npz(path, "statistics file", "delete it, or pass MEMIT's original file")
     if "mom2.mom2" not in data or "mom2.count" not in data:
-        raise ValueError(f"{path}: not a MEMIT statistics file (needs mom2.mom2 and mom2.count)")
+        raise InputError(f"{path}: not a MEMIT statistics file (needs mom2.mom2 and mom2.count)")
     mom2, count = data["mom2.mom2"].astype(np.float32), int(data["mom2.count"])
     if "jaxedit.meta" in data:
         return mom2, count
@@ -197,7 +195,11 @@ def load_memit_npz(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
 
 class StatsCache:
-    """C0 (and AlphaEdit projectors) on disk under `{root}/{fingerprint}/{corpus}/layer{L}.npz`."""
+    """C0 (and AlphaEdit projectors) on disk under `{root}/{fingerprint}/{corpus}/layer{L}.npz`.
+
+    A cache file that cannot be read (cut short by a crash, overwritten) is a cache miss: a warning
+    names it, the value is computed again and the file replaced; it is never an error, since the
+    cache holds nothing that cannot be recomputed."""
 
     def __init__(self, root: str | os.PathLike, fingerprint: str, corpus: str):
         self.dir = Path(root) / fingerprint / corpus
@@ -210,14 +212,26 @@ class StatsCache:
 
     def get_cov(self, layer: int) -> np.ndarray | None:
         p = self.cov_path(layer)
-        return load_memit_npz(p)[0] if p.exists() else None
+        if not p.exists():
+            return None
+        try:
+            return load_memit_npz(p)[0]
+        except InputError as err:
+            log.warning("ignoring a corrupt statistics cache file, recomputing it: %s", err)
+            return None
 
     def put_cov(self, layer: int, cov: np.ndarray, count: int, meta: dict) -> None:
         save_npz(self.cov_path(layer), cov, count, meta)
 
     def get_proj(self, layer: int, threshold: float) -> np.ndarray | None:
         p = self.proj_path(layer, threshold)
-        return np.load(p) if p.exists() else None
+        if not p.exists():
+            return None
+        try:
+            return np.load(p, allow_pickle=False)
+        except (EOFError, OSError, ValueError) as err:  # a cut-short or overwritten .npy
+            log.warning("ignoring a corrupt projector cache file %s, recomputing it: %s", p, err)
+            return None
 
     def put_proj(self, layer: int, threshold: float, proj: np.ndarray) -> None:
         p = self.proj_path(layer, threshold)
@@ -248,7 +262,10 @@ def read_corpus(text: str | os.PathLike, num_samples: int) -> list[str]:
             break
         out.append(doc)
     if not out:
-        raise ValueError(f"stats corpus {path} has no documents")
+        raise InputError(
+            f"stats corpus {path} has no documents (fix: pass a non-empty corpus: .txt with "
+            "blank-line separated documents, .jsonl with a 'text' field, a folder, or WikiText)"
+        )
     return out
 
 
@@ -295,10 +312,12 @@ def layer_stats(
     cache_dir: str | os.PathLike | None = None,
     null_threshold: float | None = None,
     memit_dir: str | os.PathLike | None = None,
+    progress: bool = True,
 ):
     """C0 for `layers` (imported from MEMIT's published files in `memit_dir`, read from the cache,
     or computed once on this model), plus AlphaEdit projectors when `null_threshold` is given.
-    Returns an `editor.LayerStats`."""
+    `progress` reports the accumulation's progress (`collect_second_moments`). Returns an
+    `editor.LayerStats`."""
     from jaxedit import corpus, solve
     from jaxedit.editor import LayerStats
 
@@ -328,7 +347,7 @@ def layer_stats(
     if todo:
         docs = read_corpus(text, num_samples)
         toks = corpus.tokenize_documents(model.tokenizer, docs, max_length)
-        new, count = collect_second_moments(model, toks, todo, total=len(docs))
+        new, count = collect_second_moments(model, toks, todo, total=len(docs), progress=progress)
         for layer, c in new.items():
             cov[layer] = c
             if cache:

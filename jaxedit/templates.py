@@ -12,13 +12,13 @@ only `<|endoftext|>` / `<s>`, which leaves Llama-3's `<|begin_of_text|>` in (qui
 
 from __future__ import annotations
 
-import json
 import os
 import unicodedata
-from pathlib import Path
 
 import jax
 
+from jaxedit.errors import InputError
+from jaxedit.files import read_json
 from jaxedit.lm import LanguageModel
 
 SEEDS = ("The", "Therefore", "Because", "I", "You")
@@ -57,7 +57,7 @@ def generate_templates(
 
 def load_templates(path: str | os.PathLike) -> tuple[tuple[str, ...], ...]:
     """A JSON file in the reference's nested form: [["{}"], ["A. {}", ...], ...]."""
-    data = json.loads(Path(path).read_text())
-    if not isinstance(data, list) or not all(isinstance(g, list) for g in data):
-        raise ValueError(f"{path}: templates must be a nested list like [['{{}}'], ['A. {{}}']]")
+    data = read_json(path, "templates file", "pass a JSON file like [['{}'], ['A. {}']]")
+    if not isinstance(data, list) or not data or not all(isinstance(g, list) for g in data):
+        raise InputError(f"{path}: templates must be a nested list like [['{{}}'], ['A. {{}}']]")
     return tuple(tuple(str(t) for t in g) for g in data)

@@ -18,8 +18,9 @@ from jaxedit.testing import tiny_config
 class _CharTokenizer:
     """One id per character (ids < 61)."""
 
-    def __call__(self, text):
-        return {"input_ids": [ord(c) % 61 for c in text]}
+    def __call__(self, text, truncation=False, max_length=None):
+        ids = [ord(c) % 61 for c in text]
+        return {"input_ids": ids[:max_length] if truncation else ids}
 
 
 def _get(tree, path):

@@ -17,7 +17,13 @@ Modules:
             `evaluate_downstream`.
 """
 
-from jaxedit.downstream.data import FEW_SHOT_POOL, load_full_mmlu, load_items, split_items
+from jaxedit.downstream.data import (
+    FEW_SHOT_POOL,
+    check_data,
+    load_full_mmlu,
+    load_items,
+    split_items,
+)
 from jaxedit.downstream.evaluate import evaluate_downstream, evaluate_task, predict
 from jaxedit.downstream.prompts import Prompt, build_prompts
 from jaxedit.downstream.scoring import (
@@ -49,6 +55,7 @@ __all__ = [
     "Prompt",
     "Task",
     "build_prompts",
+    "check_data",
     "evaluate_downstream",
     "evaluate_task",
     "f1_weighted",

@@ -15,10 +15,12 @@ so a small budget still covers all 57 subjects; `num_tests=None` takes every tes
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from jaxedit.errors import InputError, MissingFileError
+from jaxedit.files import read_json
 
 FEW_SHOT_POOL = 10  # items [0:10] are the few-shot pool, tests start at item 10
 
@@ -27,24 +29,30 @@ def load_items(task: str, data_dir: str | os.PathLike) -> list[dict]:
     """The items of `{data_dir}/{task}.json`."""
     path = Path(data_dir) / f"{task}.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: downstream data for task {task!r} not found")
-    items = json.loads(path.read_text())
+        raise MissingFileError(
+            f"{path}: downstream data for task {task!r} not found (fix: pass the folder holding "
+            f"{task}.json, or drop the task)"
+        )
+    items = read_json(path, f"downstream data of task {task!r}", "restore the file")
     if not isinstance(items, list) or not items or not isinstance(items[0], dict):
-        raise ValueError(f"{path}: expected a non-empty JSON list of objects")
+        raise InputError(f"{path}: expected a non-empty JSON list of objects")
     return items
 
 
 def split_items(items: Sequence[dict], num_few_shots: int, num_tests: int | None):
     """(few-shots, tests): items[:num_few_shots] of the pool and items[10 : 10 + num_tests]."""
     if not 0 <= num_few_shots <= FEW_SHOT_POOL:
-        raise ValueError(
+        raise InputError(
             f"num_few_shots={num_few_shots}: the few-shot pool has {FEW_SHOT_POOL} items"
         )
     available = len(items) - FEW_SHOT_POOL
     if num_tests is None:
         num_tests = available
     if not 0 < num_tests <= available:
-        raise ValueError(f"num_tests={num_tests}: this task has {available} test items")
+        raise InputError(
+            f"num_tests={num_tests}: this task has {available} test items (fix: ask for 1.."
+            f"{available})"
+        )
     return list(items[:num_few_shots]), list(items[FEW_SHOT_POOL : FEW_SHOT_POOL + num_tests])
 
 
@@ -53,7 +61,7 @@ def _read_mmlu_csv(path: Path) -> list[dict]:
         rows = [r for r in csv.reader(f) if r]
     bad = [i for i, r in enumerate(rows) if len(r) != 6]
     if bad:
-        raise ValueError(f"{path}: row {bad[0]} does not have 6 columns (question,A,B,C,D,answer)")
+        raise InputError(f"{path}: row {bad[0]} does not have 6 columns (question,A,B,C,D,answer)")
     return [
         {"question": r[0], "choices": r[1:5], "answer": r[5], "subject": path.stem} for r in rows
     ]
@@ -66,19 +74,21 @@ def load_full_mmlu(mmlu_dir: str | os.PathLike, num_few_shots: int, num_tests: i
     root = Path(mmlu_dir)
     test_files = sorted((root / "test").glob("*_test.csv"))
     if not test_files:
-        raise FileNotFoundError(f"{root}/test: no *_test.csv files (expected the MMLU CSV layout)")
+        raise MissingFileError(
+            f"{root}/test: no *_test.csv files (fix: pass a folder in the MMLU CSV layout)"
+        )
     per_subject = []
     for f in test_files:
         subject = f.name[: -len("_test.csv")]
         dev = root / "dev" / f"{subject}_dev.csv"
         shots = _read_mmlu_csv(dev)[:num_few_shots] if num_few_shots else []
         if len(shots) < num_few_shots:
-            raise ValueError(f"{dev}: fewer than {num_few_shots} dev questions")
+            raise InputError(f"{dev}: fewer than {num_few_shots} dev questions")
         per_subject.append((shots, _read_mmlu_csv(f)))
     total = sum(len(t) for _, t in per_subject)
     num_tests = total if num_tests is None else num_tests
     if not 0 < num_tests <= total:
-        raise ValueError(f"num_tests={num_tests}: full MMLU has {total} test questions")
+        raise InputError(f"num_tests={num_tests}: full MMLU has {total} test questions")
     shots_out: list[list[dict]] = []
     tests_out: list[dict] = []
     for j in range(max(len(t) for _, t in per_subject)):
@@ -87,3 +97,25 @@ def load_full_mmlu(mmlu_dir: str | os.PathLike, num_few_shots: int, num_tests: i
                 shots_out.append(shots)
                 tests_out.append(tests[j])
     return shots_out, tests_out
+
+
+def check_data(
+    tasks: Sequence[str],
+    data_dir: str | os.PathLike,
+    *,
+    num_tests: int | None,
+    num_few_shots: int,
+    mmlu_source: str | os.PathLike = "fewshot",
+) -> None:
+    """Raises the `InputError` that evaluating `tasks` (registry names, see `resolve_tasks`) would
+    raise on its data — a missing or malformed file, too few items — without a model, so that a
+    program can refuse bad data before any long work."""
+    for task in tasks:
+        if task == "mmlu" and str(mmlu_source) != "fewshot":
+            load_full_mmlu(mmlu_source, num_few_shots, num_tests)
+            continue
+        items = load_items(task, data_dir)
+        try:
+            split_items(items, num_few_shots, num_tests)
+        except InputError as err:
+            raise InputError(f"downstream task {task!r} ({data_dir}): {err}") from None

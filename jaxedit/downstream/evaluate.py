@@ -50,9 +50,11 @@ from jaxedit.downstream.data import load_full_mmlu, load_items, split_items
 from jaxedit.downstream.prompts import Prompt, build_prompts, token_ids
 from jaxedit.downstream.scoring import score_predictions
 from jaxedit.downstream.tasks import DEFAULT_GEN_LEN, TASKS, Task, check_quirks, resolve_tasks
+from jaxedit.errors import InputError
 from jaxedit.lm import decode_loop
 from jaxedit.models import Probe
 from jaxedit.models.layers import merge_cache
+from jaxedit.progress import Progress
 from jaxedit.shapes import bucket
 
 log = logging.getLogger(__name__)
@@ -149,11 +151,12 @@ def _fast_pass(
     batch_size: int,
     max_context: int,
     min_share: int = 2,
+    bar: Progress | None = None,
 ):
     """Continuations and candidate log-probs for all prompts, sharing each few-shot context's K/V.
 
     Prompts whose context is shared by fewer than `min_share` prompts run without a cached context
-    (their window covers the whole prompt)."""
+    (their window covers the whole prompt). `bar` counts the prompts done."""
     tok = model.tokenizer
     n = len(prompts)
     prompt_ids = [_prompt_ids(p) for p in prompts]
@@ -215,6 +218,8 @@ def _fast_pass(
             for r, k in enumerate(sel):
                 cand_logp[js[k]] = lp[r]
                 continuations[js[k]] = _decode_new(model, toks[r])
+            if bar is not None:
+                bar.update(len(sel))
     return continuations, cand_logp
 
 
@@ -246,8 +251,11 @@ def predict(
     batch_size: int = 16,
     max_context: int | None = None,
     fast: bool = True,
+    progress: bool = True,
 ) -> dict:
     """Generation and likelihood predictions for built prompts.
+
+    `progress` reports the prompts done, rate and time left (`jaxedit.progress`).
 
     Returns {"preds", "preds_new", "continuations", "nll" `[n, words]`}.
     """
@@ -267,16 +275,18 @@ def predict(
     prompt_lens = [len(_prompt_ids(p)) for p in prompts]
     too_long = [n for n in prompt_lens if n > max_context]
     if too_long:
-        raise ValueError(
+        raise InputError(
             f"task {task.name}: a prompt of {max(too_long)} tokens exceeds the "
-            f"context ({max_context} tokens) even without few-shots"
+            f"context ({max_context} tokens) even without few-shots (fix: shorten the task's "
+            "items, or drop the task for this model)"
         )
     words = task.words
     nll = np.full((len(prompts), len(words)), np.nan)
+    bar = Progress(len(prompts), f"downstream {task.name}", "prompts", enabled=progress)
     if fast:
         cand, ok = _single_token_candidates(model, prompts, words)
         continuations, cand_logp = _fast_pass(
-            model, prompts, cand, gen_len, batch_size, max_context
+            model, prompts, cand, gen_len, batch_size, max_context, bar=bar
         )
         nll[ok] = -cand_logp[ok]
         rest = np.flatnonzero(~ok)
@@ -288,10 +298,14 @@ def predict(
             outs = model.generate([prompts[int(j)].text for j in sel], gen_len)
             for j, o in zip(sel, outs):
                 continuations[j] = o
+            bar.update(len(sel))
         rest = np.arange(len(prompts))
+    bar.close()
     if len(rest):
         pairs = [(prompts[int(j)].text, w) for j in rest for w in words]
-        scores = metrics.answer_nll(model, pairs, batch_size=max(8, batch_size * len(words)))
+        scores = metrics.answer_nll(
+            model, pairs, batch_size=max(8, batch_size * len(words)), progress=progress
+        )
         nll[rest] = np.asarray(scores).reshape(len(rest), len(words))
     preds = [task.parse(c, quirks, p.text) for c, p in zip(continuations, prompts)]
     preds_new = [task.likelihood_choice(row) for row in nll]
@@ -320,6 +334,7 @@ def evaluate_task(
     max_context: int | None = None,
     fast: bool = True,
     details: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Few-shot downstream scores of `model` on one task.
 
@@ -338,6 +353,7 @@ def evaluate_task(
       fast: the shared-context KV-cache path (False: `generate` + `answer_nll`, slower, same results
         up to float rounding).
       details: also return per-test records (labels, predictions, continuations, NLLs).
+      progress: report the prompts done, rate and time left (`jaxedit.progress`).
     Returns:
       {"f1", "f1_new", "mcc", "correct", "correct_new", "incorrect", "invalid", "total",
       "num_few_shots", "gen_len", "quirks", "few_shots_dropped", "time_s"[, "mmlu_source",
@@ -371,6 +387,7 @@ def evaluate_task(
         batch_size=batch_size,
         max_context=max_context,
         fast=fast,
+        progress=progress,
     )
     _release_host_memory()
     labels = [p.label for p in prompts]
@@ -423,6 +440,6 @@ def evaluate_downstream(
         `DEFAULT_TASKS` is the reference's selection.
       data_dir: folder with `{task}.json`.
       **options: the keyword arguments of `evaluate_task` (num_tests, num_few_shots, gen_len,
-        quirks, mmlu_source, batch_size, max_context, fast, details).
+        quirks, mmlu_source, batch_size, max_context, fast, details, progress).
     """
     return {name: evaluate_task(model, name, data_dir, **options) for name in resolve_tasks(tasks)}

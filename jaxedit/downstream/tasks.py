@@ -51,6 +51,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+from jaxedit.errors import InputError
+
 QUIRKS = ("clean", "reference")
 DEFAULT_GEN_LEN = 3
 REFERENCE_KEYS = {"mmlu": "mmmlu"}  # the reference's JSON key for MMLU (informational only)
@@ -59,7 +61,7 @@ REFERENCE_KEYS = {"mmlu": "mmmlu"}  # the reference's JSON key for MMLU (informa
 def check_quirks(quirks: str) -> None:
     """Raises unless `quirks` is one of `QUIRKS`."""
     if quirks not in QUIRKS:
-        raise ValueError(f"quirks={quirks!r}: expected one of {QUIRKS}")
+        raise InputError(f"quirks={quirks!r}: expected one of {QUIRKS}")
 
 
 def _as_list(value) -> list:
@@ -299,12 +301,12 @@ def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
             hits = [n for n in TASK_NAMES if t in n]
             if len(hits) != 1:
                 why = "is ambiguous between " + ", ".join(hits) if hits else "is not a known task"
-                raise ValueError(
+                raise InputError(
                     f"downstream task {raw!r} {why}; valid names: {', '.join(TASK_NAMES)}"
                 )
             name = hits[0]
         if name not in out:
             out.append(name)
     if not out:
-        raise ValueError(f"no downstream task given; valid names: {', '.join(TASK_NAMES)}")
+        raise InputError(f"no downstream task given; valid names: {', '.join(TASK_NAMES)}")
     return out

@@ -97,15 +97,24 @@ class ModelConfig:
     def from_hf(cls, cfg: dict | str) -> ModelConfig:
         """Parses a Hugging Face config (dict or JSON text) of a Llama or GPT-2 checkpoint."""
         data: dict = json.loads(cfg) if isinstance(cfg, str) else cfg
+        if not isinstance(data, dict):
+            raise ConfigError(f"config.json holds a {type(data).__name__}, not a JSON object")
         model_type = data.get("model_type")
         text = json.dumps(data, indent=2, sort_keys=True)
-        if model_type == "llama":
-            return _llama_from_hf(data, text)
-        if model_type == "gpt2":
-            return _gpt2_from_hf(data, text)
+        try:
+            if model_type == "llama":
+                return _llama_from_hf(data, text)
+            if model_type == "gpt2":
+                return _gpt2_from_hf(data, text)
+        except KeyError as err:
+            raise ConfigError(
+                f"config.json (model_type={model_type!r}) has no {err.args[0]!r} field"
+            ) from None
+        arch = data.get("architectures")
         raise ConfigError(
-            f"config.json model_type={model_type!r} is not supported: jaxedit implements 'llama' "
-            "(Llama 2/3, SmolLM, ...) and 'gpt2'"
+            f"config.json model_type={model_type!r} (architectures={arch}) is not supported: "
+            "jaxedit implements 'llama' (Llama 2/3, SmolLM, ...) and 'gpt2' (fix: use a model of "
+            "those families)"
         )
 
 

@@ -6,10 +6,10 @@ Every binary imports this module (``import console``) and ends its flag definiti
     __doc__ = console.help_sections(__doc__, SECTIONS, footer=...)
 
 `SECTIONS` is a list of (title, flag names). `--help` then prints the module docstring, the flags
-section by section (the title, then absl's usual lines for each of its flags) and the footer (what
-the binary writes); `--helpfull` shows the same sections among every other
-module's flags (the `--config.<path>` overrides of experiments/cli.py, absl's logging flags). A flag
-of the binary left out of every section is listed under "other flags", so none is ever hidden.
+section by section (the title, then absl's usual lines for each of its flags, which absl sorts by
+name) and the footer (what the binary writes); `--helpfull` shows the same sections among every
+other module's flags (the `--config.<path>` overrides of experiments/cli.py, absl's logging flags).
+A flag of the binary left out of every section is listed under "other flags", so none is hidden.
 
 Noise hidden unless `--verbose` (or `JAXEDIT_VERBOSE=1`, which `scripts/_venv.sh` reads too):
 

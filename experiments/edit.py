@@ -24,7 +24,10 @@ Interrupted runs resume from the checkpoint with the same command: lines written
 it are dropped and those batches redone (deterministic), so no edit is lost or applied twice.
 `--max_batches` stops cleanly after that many batches of this invocation. `--evaluate_snapshots`
 fills in missing downstream tasks/activation points from the saved snapshots (e.g. a task added
-later). Bad input exits non-zero before any edit, and no model is written.
+later). Bad input exits with status 2 and one message naming it and the fix (experiments/cli.py),
+checked before the model is loaded where it can be: nothing is edited or exported, a new run that
+fails leaves no run directory, and an earlier run in --workdir is left as it was (WORKSPACE.md, "Bad
+input").
 """
 
 from __future__ import annotations
@@ -63,9 +66,9 @@ flags.DEFINE_string("requests", None, "JSON/JSONL file of requests in any accept
 flags.DEFINE_string(
     "data_path", None, "Dataset file (CounterFact/zsRE) to slice with --start/--num_edits."
 )
-flags.DEFINE_integer("start", 0, "First record of --data_path.")
-flags.DEFINE_integer("num_edits", 100, "Records to edit from --data_path.")
-flags.DEFINE_integer("batch_size", 10, "Requests per sequential batch.")
+flags.DEFINE_integer("start", 0, "First record of --data_path.", lower_bound=0)
+flags.DEFINE_integer("num_edits", 100, "Records to edit from --data_path.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 10, "Requests per sequential batch.", lower_bound=1)
 flags.DEFINE_string("templates", None, "JSON file of fixed context templates (nested-list form).")
 flags.DEFINE_string(
     "stats_text",
@@ -90,7 +93,10 @@ flags.DEFINE_string(
 )
 flags.DEFINE_bool("overwrite", False, "Delete the results of an earlier run in --workdir first.")
 flags.DEFINE_integer(
-    "max_batches", None, "Stop (resumable) after this many batches of this invocation."
+    "max_batches",
+    None,
+    "Stop (resumable) after this many batches of this invocation.",
+    lower_bound=0,
 )
 flags.DEFINE_bool("evaluate", True, "Editing metrics: baseline, per batch and final.")
 flags.DEFINE_bool("eval_batches", True, "Score each batch's own records right after it is written.")
@@ -98,12 +104,16 @@ flags.DEFINE_float(
     "final_fraction",
     1.0,
     "Fraction of the edited records scored at the end (seeded; the reference uses 0.2).",
+    lower_bound=0,
+    upper_bound=1,
 )
 flags.DEFINE_float(
     "generation_fraction",
     0.2,
     "Fraction of the edited records whose generation "
     "prompts are sampled for Generation Entropy (seeded; 0 disables GE).",
+    lower_bound=0,
+    upper_bound=1,
 )
 flags.DEFINE_integer("eval_seed", 42, "Seed of the evaluated subsets and of the GE sampling.")
 flags.DEFINE_string(
@@ -119,9 +129,16 @@ flags.DEFINE_integer(
     "downstream_every",
     0,
     "Evaluate downstream tasks every k batches (0: only at the end when --downstream is given).",
+    lower_bound=0,
 )
-flags.DEFINE_integer("downstream_tests", 100, "Test items per downstream task.")
-flags.DEFINE_integer("downstream_shots", 4, "Few-shot examples per prompt.")
+flags.DEFINE_integer("downstream_tests", 100, "Test items per downstream task.", lower_bound=1)
+flags.DEFINE_integer(
+    "downstream_shots",
+    4,
+    "Few-shot examples per prompt.",
+    lower_bound=0,
+    upper_bound=downstream.FEW_SHOT_POOL,
+)
 flags.DEFINE_enum(
     "downstream_quirks", "clean", ["clean", "reference"], "Reference prompt/parse quirks."
 )
@@ -134,6 +151,7 @@ flags.DEFINE_integer(
     "activation_texts",
     32,
     "WikiText paragraphs for the activation-norm shares at each downstream point (0: off).",
+    lower_bound=0,
 )
 flags.DEFINE_string(
     "baseline",
@@ -232,37 +250,13 @@ def resolve_config() -> config_lib.EditConfig:
         cfg.stats.num_samples = FLAGS.stats_samples
     cfg = cli.apply_config_overrides(cfg)  # --config.<path>: the most specific settings win
     if not cfg.stats.text:
-        default = paths.dataset("wikitext-2-raw-test", flag="--stats_text")
-        if not default.exists():
-            raise cli.UserError(
-                f"no statistics corpus: {default} does not exist (fix: pass --stats_text, or set "
-                "JAXEDIT_DATA)"
-            )
-        cfg.stats.text = str(default)
+        # local first ($JAXEDIT_DATA), then the cache, then a download; an InputError otherwise
+        cfg.stats.text = str(paths.dataset("wikitext-2-raw-test", flag="--stats_text"))
     return cfg
 
 
 def check_flags() -> None:
     """The numeric flags and the output paths, before any file is read."""
-    bounds = [
-        ("num_edits", FLAGS.num_edits >= 1, "edit at least one record"),
-        ("start", FLAGS.start >= 0, "pass a record index >= 0"),
-        ("batch_size", FLAGS.batch_size >= 1, "pass a batch size >= 1"),
-        ("final_fraction", 0 <= FLAGS.final_fraction <= 1, "pass a fraction in [0, 1]"),
-        ("generation_fraction", 0 <= FLAGS.generation_fraction <= 1, "pass a fraction in [0, 1]"),
-        ("downstream_every", FLAGS.downstream_every >= 0, "pass k >= 0 (0: only at the end)"),
-        ("downstream_tests", FLAGS.downstream_tests >= 1, "pass at least 1 test per task"),
-        (
-            "downstream_shots",
-            0 <= FLAGS.downstream_shots <= downstream.FEW_SHOT_POOL,
-            f"pass 0..{downstream.FEW_SHOT_POOL} few-shots",
-        ),
-        ("activation_texts", FLAGS.activation_texts >= 0, "pass >= 0 (0: off)"),
-        ("max_batches", FLAGS.max_batches is None or FLAGS.max_batches >= 0, "pass >= 0"),
-    ]
-    for name, ok, fix in bounds:
-        if not ok:
-            raise cli.UserError(f"--{name}={FLAGS[name].value}: out of range (fix: {fix})")
     if bool(FLAGS.requests) == bool(FLAGS.data_path):
         raise cli.UserError(
             "pass exactly one of --requests and --data_path (fix: --requests=FILE for a whole "
@@ -398,6 +392,8 @@ def read_run_dir(workdir: Path) -> dict:
         if "batches_done" not in arrays or "num_edits" not in arrays:
             raise cli.UserError(f"checkpoint {path} is not a run checkpoint (fix: {fix})")
         out["checkpoint"] = arrays
+    for name in ("batches.jsonl", "downstream.jsonl", "activation.jsonl"):
+        read_jsonl(workdir / name)  # every line but a cut-short last one must parse
     return out
 
 
@@ -743,6 +739,11 @@ def prepare(workdir: Path):
     check_resumable(workdir, prior["run"], early, EARLY_IDENTITY, templates=False)
 
     model = jaxedit.load(cfg.model)
+    if model.tokenizer is None:
+        raise cli.UserError(
+            f"--model={cfg.model} has no tokenizer (fix: save the tokenizer files beside the "
+            "weights, e.g. tokenizer.save_pretrained(dir))"
+        )
     cfg.validate(model.config.num_layers)
     validate_batches(reqs, model)
     if fixed is not None:

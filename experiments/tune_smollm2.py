@@ -64,7 +64,8 @@ def parse_setting(text: str):
         try:
             cfg = overrides.override(cfg, path, value)
         except overrides.OverrideError as err:
-            raise cli.UserError(f"--settings: setting {name!r}: {err}") from None
+            why = str(err).removeprefix("--config.")  # the field, as written in --settings
+            raise cli.UserError(f"--settings: setting {name!r}: {why}") from None
     cfg.validate()
     return name, cfg
 

@@ -204,7 +204,10 @@ class EditConfig:
                 f"layers={layers}: must be a non-empty ascending list of distinct ints"
             )
         if num_layers is not None and (layers[0] < 0 or layers[-1] >= num_layers):
-            raise ConfigValueError(f"layers={layers}: the model has layers 0..{num_layers - 1}")
+            raise ConfigValueError(
+                f"layers={layers}: the model has layers 0..{num_layers - 1} (fix: edit layers in "
+                "that range)"
+            )
         if num_layers is not None and layers[-1] >= num_layers - 1:
             raise ConfigValueError(
                 f"layers={layers}: the target layer must be before the last block "

@@ -149,6 +149,23 @@ def _file(name, description, local, license, path, urls, sha256=None, **kw) -> D
     return Dataset(name, description, (Source(path, tuple(urls), sha256, **kw),), local, license)
 
 
+def _easyedit_counterfact(split: str) -> Dataset:
+    """EasyEdit's flattened CounterFact (one record per edit), `counterfact-{split}.json` of its
+    data zip."""
+    member = f"counterfact/counterfact-{split}.json"
+    description = f"CounterFact flattened one record per edit, EasyEdit's counterfact-{split}.json"
+    return _file(
+        f"counterfact-{split}",
+        description,
+        (member,),
+        "MIT (CounterFact; EasyEdit)",
+        f"counterfact-{split}.json",
+        (_EASYEDIT,),
+        kind="zip-member",
+        members=(member,),
+    )
+
+
 DATASETS: dict[str, Dataset] = {
     d.name: d
     for d in (
@@ -160,26 +177,7 @@ DATASETS: dict[str, Dataset] = {
             "counterfact.json",
             (_ROME + "counterfact.json", _MEMIT + "counterfact.json"),
         ),
-        _file(
-            "counterfact-edit",
-            "CounterFact flattened one record per edit, EasyEdit's counterfact-edit.json",
-            ("counterfact/counterfact-edit.json",),
-            "MIT (CounterFact; EasyEdit)",
-            "counterfact-edit.json",
-            (_EASYEDIT,),
-            kind="zip-member",
-            members=("counterfact/counterfact-edit.json",),
-        ),
-        _file(
-            "counterfact-train",
-            "CounterFact flattened, EasyEdit's counterfact-train.json",
-            ("counterfact/counterfact-train.json",),
-            "MIT (CounterFact; EasyEdit)",
-            "counterfact-train.json",
-            (_EASYEDIT,),
-            kind="zip-member",
-            members=("counterfact/counterfact-train.json",),
-        ),
+        *(_easyedit_counterfact(split) for split in ("edit", "train")),
         _file(
             "cf-generation-prompts",
             "generation prompts for Generation Entropy (62,346 strings)",

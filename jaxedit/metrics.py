@@ -17,7 +17,6 @@ Generation Entropy (GE, `counterfact_scores(..., generation=True)`) is computed 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -161,18 +160,14 @@ def counterfact_scores(
     requests: Sequence[EditRequest],
     *,
     generation: bool = False,
-    pool_path: str | os.PathLike | None = None,
-    seed: int | jax.Array = 0,
-    max_out_len: int = 100,
-    max_per_record: int = 10,
-    append_qna: bool = False,
-    qna_path: str | os.PathLike | None = None,
     progress: bool = True,
+    **generation_options: Any,
 ) -> dict:
     """ES / PS / NS (×100) over records, plus per-record NLL pairs for each prompt set.
 
-    With `generation`, also the Generation Entropy (`entropy.counterfact_generation_entropy` with
-    `pool_path`, `seed`, `max_out_len`, `max_per_record`, `append_qna`, `qna_path`): the scores get
+    With `generation`, also the Generation Entropy (`entropy.counterfact_generation_entropy`, given
+    `generation_options`: `pool_path`, `seed`, `max_out_len`, `max_per_record`, `append_qna`,
+    `qna_path`, `top_k`, `batch_size`): the scores get
     "GE" and "GE_records", and the records get "generation": per record {"entropy" (bits, or None
     without prompts), "prompts", "texts"}. Off by default: sampling is the expensive part.
     `progress` reports the scoring's (and the sampling's) progress (`jaxedit.progress`).
@@ -216,16 +211,7 @@ def counterfact_scores(
     records = [{name: per[name][j] for name in sets} for j in range(len(requests))]
     if generation:
         ge = entropy.counterfact_generation_entropy(
-            model,
-            requests,
-            pool_path,
-            seed=seed,
-            max_out_len=max_out_len,
-            max_per_record=max_per_record,
-            append_qna=append_qna,
-            qna_path=qna_path,
-            return_texts=True,
-            progress=progress,
+            model, requests, return_texts=True, progress=progress, **generation_options
         )
         for rec, value in zip(records, ge["per_record"]):
             rec["ge"] = value

@@ -17,6 +17,7 @@ reports nothing at all.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -31,11 +32,14 @@ T = TypeVar("T")
 
 
 def stderr_is_terminal() -> bool:
-    """True when stderr is an interactive terminal (where a bar can update in place)."""
+    """True when stderr is an interactive terminal with a width (where a bar can update in place;
+    a pseudo-terminal of width 0 would show an empty bar)."""
     isatty = getattr(sys.stderr, "isatty", None)
     try:
-        return bool(isatty and isatty())
-    except ValueError:  # a closed stream
+        if not (isatty and isatty()):
+            return False
+        return os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (OSError, ValueError):  # a closed stream, or no size to be had
         return False
 
 
@@ -57,6 +61,8 @@ class Progress:
       initial: work already done before (a resumed run); the rate counts only what follows.
       log_every: seconds between plain lines (when stderr is not a terminal).
       leave: keep the terminal bar when the stage ends.
+      final_line: log the total time at the end of a stage that logged lines (False: the caller
+        logs its own summary).
     """
 
     def __init__(
@@ -69,9 +75,10 @@ class Progress:
         initial: int = 0,
         log_every: float = LOG_EVERY_S,
         leave: bool = False,
+        final_line: bool = True,
     ):
         self.total, self.desc, self.unit = total, desc, unit
-        self.enabled, self.log_every = enabled, log_every
+        self.enabled, self.log_every, self.final_line = enabled, log_every, final_line
         self.n = self._initial = initial
         self._start = self._last_log = time.perf_counter()
         self._logged = False
@@ -130,7 +137,7 @@ class Progress:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self.enabled and self._logged:
+        elif self.enabled and self._logged and self.final_line:
             elapsed = time.perf_counter() - self._start
             log.info(
                 "%s: %d %s in %s", self.desc, self.n, self.unit, format_seconds(round(elapsed))

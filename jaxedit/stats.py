@@ -115,7 +115,14 @@ def collect_second_moments(
     f = model.config.intermediate_size
     sums = tuple(jnp.zeros((f, f), jnp.float32) for _ in layers)
     count, docs_done, t_start = 0, 0, time.perf_counter()
-    bar = Progress(total, "key statistics", "documents", enabled=progress, log_every=log_every)
+    bar = Progress(  # its summary is the "key statistics: ... tokens in ... s" line below
+        total,
+        "key statistics",
+        "documents",
+        enabled=progress,
+        log_every=log_every,
+        final_line=False,
+    )
 
     def length_bucket(
         n: int,
@@ -341,9 +348,15 @@ def layer_stats(
         hit = cache.get_cov(layer) if cache else None
         if cache is not None and hit is not None:
             cov[layer] = hit
-            log.info("key statistics for layer %d from %s", layer, cache.cov_path(layer))
         else:
             todo.append(layer)
+    cached = [layer for layer in layers if layer in cov and layer not in imported]
+    if cache is not None and cached:  # one line for all layers read from the cache
+        log.info(
+            "key statistics for layers %s from the cache %s",
+            ", ".join(map(str, cached)),
+            cache.dir,
+        )
     if todo:
         docs = read_corpus(text, num_samples)
         toks = corpus.tokenize_documents(model.tokenizer, docs, max_length)

@@ -23,14 +23,17 @@ _jaxedit_pip() {  # pip "$@", its output appended to $LOG
   fi
 }
 
+_jaxedit_new_venv=0
 if [ ! -x "$PY" ]; then
   echo "[jaxedit] creating virtual environment at $VENV"
   python3 -m venv "$VENV"
-  : >"$LOG"
+  _jaxedit_new_venv=1
+  : >"$LOG"  # the log holds the latest setup only
   _jaxedit_pip install -q --upgrade pip
 fi
 STAMP="$VENV/.jaxedit-installed-${EXTRAS:-base}"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+  [ "$_jaxedit_new_venv" = 1 ] || : >"$LOG"
   echo "[jaxedit] installing jaxedit${EXTRAS:+[$EXTRAS]} into $VENV (pip's output: $LOG)"
   _jaxedit_pip install -q -e "$ROOT${EXTRAS:+[$EXTRAS]}"
   if ! "$PY" -c "import jaxedit" >>"$LOG" 2>&1; then

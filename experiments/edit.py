@@ -15,13 +15,15 @@ Order of work:
      records' baseline as `eval_before`); ‖W‖_F of every layer's MLP output matrix; one line in
      `batches.jsonl`; every `--downstream_every` batches (and after the last) a snapshot of the
      edited matrices, downstream scores (`downstream.jsonl`) and activation shares
-     (`activation.jsonl`); then a checkpoint (`checkpoint.npz`: edited matrices, previous-edit
-     caches, batches done);
+     (`activation.jsonl`); then a checkpoint (`checkpoint/<batches done>/`, orbax, written
+     atomically: edited matrices, previous-edit caches, batches done);
   3. at the end, `final.json`: editing metrics (ES/PS/NS/S, _acc, _diff; GE on a seeded subset) of
      all edited records (or a seeded fraction, as the reference's 20 %) against the same baseline.
 
 Interrupted runs resume from the checkpoint with the same command: lines written for batches after
-it are dropped and those batches redone (deterministic), so no edit is lost or applied twice.
+it are dropped and those batches redone (deterministic), so no edit is lost or applied twice, also
+after a SIGKILL at any moment (a checkpoint of the earlier `checkpoint.npz` format resumes too). A
+run directory is locked (`.lock`) while a run uses it: a second invocation on it is refused.
 `--max_batches` stops cleanly after that many batches of this invocation. `--evaluate_snapshots`
 fills in missing downstream tasks/activation points from the saved snapshots (e.g. a task added
 later). Bad input exits with status 2 and one message naming it and the fix (experiments/cli.py),
@@ -32,6 +34,7 @@ input").
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -45,7 +48,18 @@ import numpy as np
 from absl import app, flags, logging
 
 import jaxedit
-from jaxedit import analysis, downstream, editor, entropy, files, hub, metrics, stats, templates
+from jaxedit import (
+    analysis,
+    checkpoint,
+    downstream,
+    editor,
+    entropy,
+    files,
+    hub,
+    metrics,
+    stats,
+    templates,
+)
 from jaxedit import config as config_lib
 from jaxedit import requests as requests_lib
 from jaxedit.corpus import wikitext_paragraphs
@@ -214,7 +228,9 @@ The run directory (--workdir) will contain:
   downstream.jsonl  downstream scores at each evaluation point (row 0: the unedited model)
   activation.jsonl  MLP/attention activation shares at the same points
   snapshots/        edits_NNNNNN.npz: the edited matrices at each evaluation point
-  checkpoint.npz    edited matrices, previous-edit caches, batches done (rerun to resume)
+  checkpoint/       N/: edited matrices, previous-edit caches, batches done N (orbax; the last
+                    two kept; rerun to resume)
+  .lock             held while a run uses the directory (the holder's pid)
   final.json        editing metrics (ES/PS/NS/S, GE) of the edited records before and after
 --dump_dir gets batch_NNN.npz (keys, deltas, targets), --export_dir the edited model (HF format).
 Progress (batches, C0, evaluation) goes to stderr: a bar on a terminal, else a line every 30 s.""",
@@ -353,6 +369,9 @@ def append_jsonl(path: Path, row: dict) -> None:
         f.write(json.dumps(row, default=float) + "\n")
 
 
+OLD_CHECKPOINT = "checkpoint.npz"  # the format before issue 12: still resumed, then replaced
+CHECKPOINT_DIR = "checkpoint"
+LOCK_FILE = ".lock"
 RESULT_FILES = (
     "run.json",
     "baseline.json",
@@ -360,7 +379,7 @@ RESULT_FILES = (
     "downstream.jsonl",
     "activation.jsonl",
     "final.json",
-    "checkpoint.npz",
+    OLD_CHECKPOINT,
 )
 IDENTITY = ("config", "model", "data", "start", "num_requests", "batch_size", "case_ids")
 
@@ -385,13 +404,23 @@ def read_run_dir(workdir: Path) -> dict:
         out["baseline"] = files.read_json(path, "baseline file", fix)
         if not isinstance(out["baseline"], dict):
             raise cli.UserError(f"baseline file {path} is not a JSON object (fix: {fix})")
-    path = workdir / "checkpoint.npz"
-    if path.exists():
+    folder = workdir / CHECKPOINT_DIR
+    path = workdir / OLD_CHECKPOINT
+    fix = f"delete it to resume from the step before, {discard}"
+    found = checkpoint.inspect(folder, fix=fix)  # metadata only: the arrays are read in `prepare`
+    if found is not None:
+        step, meta, _ = found
+        if meta.get("batches_done") != step or "num_edits" not in meta:
+            raise cli.UserError(
+                f"checkpoint step {folder / str(step)} is not a run checkpoint (fix: {fix})"
+            )
+        out["checkpoint"] = ("orbax", folder)
+    elif path.exists():
         fix = f"delete it to redo this run's batches from the first one, {discard}"
         arrays = files.read_npz(path, "checkpoint", fix)
         if "batches_done" not in arrays or "num_edits" not in arrays:
             raise cli.UserError(f"checkpoint {path} is not a run checkpoint (fix: {fix})")
-        out["checkpoint"] = arrays
+        out["checkpoint"] = ("npz", arrays)
     for name in ("batches.jsonl", "downstream.jsonl", "activation.jsonl"):
         read_jsonl(workdir / name)  # every line but a cut-short last one must parse
     return out
@@ -434,6 +463,30 @@ def remove_new_run(workdir: Path, existed: bool) -> None:
             path.unlink(missing_ok=True)
     (workdir / "checkpoint.tmp.npz").unlink(missing_ok=True)
     shutil.rmtree(workdir / "snapshots", ignore_errors=True)
+    shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
+    (workdir / LOCK_FILE).unlink(missing_ok=True)
+
+
+def lock_run_dir(workdir: Path):
+    """An exclusive lock on `<workdir>/.lock` (the directory is created), held until the process
+    exits: the OS drops it when the process dies, even by SIGKILL, so a killed run resumes at
+    once. Refuses a directory another live process holds. Returns the open file (keep it)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    f = open(workdir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the process lifetime)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        f.close()
+        raise cli.UserError(
+            f"run directory {workdir} is in use by process {pid} (fix: wait for it or use another "
+            "--workdir)"
+        ) from None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 # --------------------------------------------------------------------------------------------------
@@ -710,7 +763,6 @@ EARLY_IDENTITY = ("config", "data", "start", "num_requests", "batch_size", "case
 def prepare(workdir: Path):
     """Every check of the input, then the model, statistics, editor and evaluator: bad input is
     refused here, before anything is written (files and flags before the model is loaded)."""
-    check_flags()
     cfg = resolve_config()
     check_downstream_data(downstream_tasks())
     if not str(cfg.stats.text).startswith("hf:"):
@@ -793,8 +845,18 @@ def prepare(workdir: Path):
     run["stats_time_s"] = time.perf_counter() - t0
     ed = editor.Editor(model, cfg, layer_stats, cfg.templates, max_journal=1)
     if prior["checkpoint"] is not None:
-        arrays = dict(prior["checkpoint"])
-        done = int(arrays.pop("batches_done"))
+        kind, found = prior["checkpoint"]
+        if kind == "npz":
+            arrays = dict(found)
+            done = int(arrays.pop("batches_done"))
+        else:
+            # Restored like the editor's own arrays (their shardings and dtypes: no gather).
+            template = ed.state_arrays(ed.init_state(), host=False)
+            fix = "delete that step folder to resume from the one before, or --overwrite"
+            res = checkpoint.restore(found, template, fix=fix)
+            if res is None:  # removed since `read_run_dir`
+                raise cli.UserError(f"checkpoint {found} vanished (fix: rerun)")
+            done, arrays, _ = res
         prior["resume"] = (done, ed.restore_state(arrays))
     return cfg, model, reqs, run, ed, ev, prior, reused
 
@@ -803,9 +865,17 @@ def main(argv):
     del argv
     workdir = Path(FLAGS.workdir)
     existed = workdir.exists()
-    fresh = FLAGS.overwrite or not any((workdir / n).exists() for n in RESULT_FILES)
+    new = not any((workdir / n).exists() for n in (*RESULT_FILES, CHECKPOINT_DIR))
+    fresh = FLAGS.overwrite or new
     dump_existed = not FLAGS.dump_dir or Path(FLAGS.dump_dir).exists()
-    setup = prepare(workdir)  # writes nothing
+    check_flags()
+    lock = lock_run_dir(workdir)  # held until the process exits  # noqa: F841
+    try:
+        setup = prepare(workdir)  # writes nothing but the lock
+    except BaseException:
+        if new:  # a new run leaves no run directory (nor a lock file in the user's folder)
+            remove_new_run(workdir, existed)
+        raise
     try:
         execute(workdir, *setup)
     except (InputError, app.UsageError):
@@ -824,6 +894,7 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
         for name in RESULT_FILES:
             (workdir / name).unlink(missing_ok=True)
         shutil.rmtree(workdir / "snapshots", ignore_errors=True)
+        shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "run.json", run)  # identity checked above; evaluation settings may change
 
@@ -869,7 +940,6 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
     # 2. Resume from the checkpoint: keep what belongs to finished batches, redo the rest.
     state = ed.init_state()
     done = 0
-    ckpt = workdir / "checkpoint.npz"
     if prior.get("resume") is not None:  # read and checked in `prepare`
         done, state = prior["resume"]
         logging.info("resuming after batch %d (%d edits)", done, state.num_edits)
@@ -920,10 +990,15 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
             evaluate_point(workdir, ev, edited, i, state.num_edits)
         if FLAGS.dump_dir:
             dump_batch(Path(FLAGS.dump_dir), i, rep, cfg.layers)
-        np.savez(
-            ckpt.with_suffix(".tmp.npz"), batches_done=np.asarray(i + 1), **ed.state_arrays(state)
+        # Atomic (orbax writes a temporary folder and renames it): a kill at any moment leaves
+        # the previous step to resume from. Sharded arrays are written shard by shard.
+        checkpoint.save(
+            workdir / CHECKPOINT_DIR,
+            i + 1,
+            ed.state_arrays(state, host=False),
+            {"batches_done": i + 1, "num_edits": state.num_edits},
         )
-        os.replace(ckpt.with_suffix(".tmp.npz"), ckpt)
+        (workdir / OLD_CHECKPOINT).unlink(missing_ok=True)  # an earlier format's, now superseded
         bar.update(edits=state.num_edits)
     bar.close()
 

@@ -369,16 +369,22 @@ class Editor:
             journal=keep,
         )
 
-    def state_arrays(self, state: EditState) -> dict[str, np.ndarray]:
+    def state_arrays(self, state: EditState, *, host: bool = True) -> dict[str, Any]:
         """What a run checkpoint needs to continue exactly: the rewrite kernels, the previous-edit
-        caches and the edit count (the rollback journal is not kept)."""
-        arrays = {"num_edits": np.asarray(state.num_edits, np.int64)}
+        caches and the edit count (the rollback journal is not kept). `host=False` leaves the
+        kernels and caches as the (possibly sharded) `jax.Array`s they are, for a checkpointer
+        that writes each shard where it lives; the edit count is a numpy int64 either way."""
+
+        def out(x):
+            return np.asarray(x) if host else x
+
+        arrays: dict[str, Any] = {"num_edits": np.asarray(state.num_edits, np.int64)}
         for layer in self.cfg.layers:
-            arrays[f"kernel_L{layer}"] = np.asarray(
+            arrays[f"kernel_L{layer}"] = out(
                 _kernel(state.params, rewrite_path(self.model.config, layer))
             )
             if state.prev_kkt:
-                arrays[f"prev_kkt_L{layer}"] = np.asarray(state.prev_kkt[layer])
+                arrays[f"prev_kkt_L{layer}"] = out(state.prev_kkt[layer])
         return arrays
 
     def restore_state(self, arrays) -> EditState:
@@ -396,8 +402,8 @@ class Editor:
             )
         for layer in self.cfg.layers:
             want = base.base_kernels[layer]
-            got = np.asarray(arrays[f"kernel_L{layer}"])
-            if got.shape != want.shape or got.dtype != want.dtype:
+            got = arrays[f"kernel_L{layer}"]  # numpy, or a jax.Array kept where it is
+            if tuple(got.shape) != tuple(want.shape) or np.dtype(got.dtype) != want.dtype:
                 raise InputError(
                     f"checkpoint kernel of layer {layer} is {got.shape} {got.dtype}, the model's "
                     f"is {want.shape} {want.dtype}: the checkpoint belongs to another model "

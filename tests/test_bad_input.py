@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 import jaxedit
-from jaxedit import corpus, stats, testing
+from jaxedit import checkpoint, corpus, stats, testing
 from jaxedit.errors import CorruptFileError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +135,18 @@ def _cut(name: str, keep: int) -> Callable[[Path, Path], None]:
         path.write_bytes(path.read_bytes()[:keep])
 
     return setup
+
+
+def _old_checkpoint_cut(root: Path, d: Path) -> None:
+    """Setup: the resumable run in the earlier format (checkpoint.npz), that file cut short."""
+    run = _copy_run(root, d)
+    found = checkpoint.restore(run / "checkpoint")
+    assert found is not None
+    _, arrays, meta = found
+    shutil.rmtree(run / "checkpoint")
+    np.savez(run / "checkpoint.npz", batches_done=np.asarray(meta["batches_done"]), **arrays)
+    path = run / "checkpoint.npz"
+    path.write_bytes(path.read_bytes()[:300])
 
 
 def _bad_middle_line(root: Path, d: Path) -> None:
@@ -314,10 +326,20 @@ CASES = [
         "edit_corrupt_checkpoint",
         "edit",
         RESUME,
+        ("checkpoint step", "checkpoint/1 is not readable", "fix: delete it"),
+        intact="run",
+        needs="run",
+        setup=_cut("checkpoint/1/arrays/_METADATA", 40),
+    ),
+    Case(
+        # a run directory of the format before issue 12 (checkpoint.npz), cut short
+        "edit_corrupt_old_checkpoint",
+        "edit",
+        RESUME,
         ("checkpoint.npz", "not a readable .npz"),
         intact="run",
         needs="run",
-        setup=_cut("checkpoint.npz", 300),
+        setup=_old_checkpoint_cut,
     ),
     Case(
         "edit_corrupt_run_json",
@@ -529,10 +551,12 @@ def _command(case: Case, root: Path, d: Path, args=None) -> list[str]:
 
 
 def _digest(folder: Path) -> dict[str, str]:
+    """Every file's hash but the run-directory lock's (it holds the pid of the last process that
+    took it, which a refused resume does too)."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".lock"
     }
 
 
@@ -547,7 +571,7 @@ class Result:
 
 def _make_resumable_run(root: Path) -> None:
     """A run directory stopped after its first batch (run.json, baseline.json, batches.jsonl,
-    checkpoint.npz): what the `needs="run"` cases copy and damage."""
+    checkpoint/1/): what the `needs="run"` cases copy and damage."""
     case = Case("resumable", "edit", (*RESUME, "--workdir={root}/resumable", "--max_batches=1"), ())
     out = subprocess.run(
         _command(case, root, root),
@@ -558,7 +582,7 @@ def _make_resumable_run(root: Path) -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (root / "resumable" / "checkpoint.npz").exists()
+    assert checkpoint.steps(root / "resumable" / "checkpoint") == [1]
 
 
 @pytest.fixture(scope="module")

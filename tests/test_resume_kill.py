@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +35,11 @@ MORE = [
         "target_true": true,
     }
     for k, (subject, new, true) in enumerate(
-        [("Dan Brown", "Paris", "Rome"), ("Eve Green", "Lima", "Cairo"), ("Fay Black", "Oslo", "Bern")]
+        [
+            ("Dan Brown", "Paris", "Rome"),
+            ("Eve Green", "Lima", "Cairo"),
+            ("Fay Black", "Oslo", "Bern"),
+        ]
     )
 ]
 
@@ -93,7 +98,7 @@ def test_unfinished_step_is_ignored_and_damage_is_named(tmp_path):
     for path in (tmp_path / "ck" / "1").rglob("*"):
         if path.is_file():
             path.write_bytes(b"\0" * 7)
-    with pytest.raises(CorruptFileError, match="checkpoint step .*1 is not readable.*fix: X"):
+    with pytest.raises(CorruptFileError, match=r"checkpoint step .*1 is not readable.*fix: X"):
         checkpoint.restore(tmp_path / "ck", fix="X")
 
 
@@ -131,7 +136,10 @@ def _finish(root: Path, workdir: Path, tries: int = 3) -> subprocess.CompletedPr
 
 
 def _batches(workdir: Path) -> list[int]:
-    return [json.loads(l)["batch"] for l in (workdir / "batches.jsonl").read_text().splitlines()]
+    path = workdir / "batches.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(l)["batch"] for l in path.read_text().splitlines() if l.endswith("}")]
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +157,27 @@ def reference(setup):  # noqa: F811 (the imported fixture)
         timeout=300,
     )
     assert warm.returncode == 0, warm.stderr[-3000:]
-    t0 = time.perf_counter()
-    _finish(root, root / "ref")
+    proc = subprocess.Popen(
+        _command(root, root / "ref"),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    t0, lines = time.perf_counter(), []  # when each batch line appeared
+    try:
+        while proc.poll() is None and time.perf_counter() - t0 < 300:
+            if len(_batches(root / "ref")) > len(lines):
+                lines.append(time.perf_counter() - t0)
+            time.sleep(0.005)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
     seconds = time.perf_counter() - t0
     assert _batches(root / "ref") == list(range(6))
-    return root, seconds
+    return root, seconds, lines
 
 
 def _killed(root: Path, workdir: Path, *, delay: float | None = None, when=None) -> bool:
@@ -190,6 +214,23 @@ def _same_as_reference(root: Path, workdir: Path) -> None:
     assert not (workdir / "checkpoint.npz").exists()
 
 
+def _last_step(workdir: Path) -> int:
+    done = checkpoint.steps(workdir / "checkpoint")
+    return done[-1] if done else 0
+
+
+def _after_line(workdir: Path, n: int, wait: float):
+    """A condition: `wait` seconds after batches.jsonl first holds `n` lines."""
+    since: list[float] = []
+
+    def seen() -> bool:
+        if not since and len(_batches(workdir)) >= n:
+            since.append(time.perf_counter())
+        return bool(since) and time.perf_counter() - since[0] >= wait
+
+    return seen
+
+
 def _step_dir(workdir: Path, *, tmp: bool):
     folder = workdir / "checkpoint"
 
@@ -204,17 +245,30 @@ def _step_dir(workdir: Path, *, tmp: bool):
     return seen
 
 
-# reference + 5 killed runs + their resumes (≈ 2.5 min on 2 cores)
+# a reference, 7 killed runs, 3 resumes (≈ 1.5 min on 2 cores)
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference):
-    root, seconds = reference
+    root, seconds, lines = reference
     rng = random.Random(12)
-    delays = sorted(rng.uniform(0.2, 0.9) * seconds for _ in range(3))
     # One run directory is killed several times in a row (each restart resumes the last kill's
-    # checkpoint), then finished; two more are killed mid-save and right after a step appears.
+    # checkpoint), then finished: twice at seeded points in [0.2, 0.9] of the reference's wall
+    # time (mostly start-up: imports, loading, compiling), then three times inside the editing,
+    # a seeded fraction of a batch after a seeded batch's line (between the line, the snapshot and
+    # the checkpoint). Two more runs are killed mid-save and right after a step folder appears.
     run = root / "killed"
-    kills = sum(_killed(root, run, delay=d) for d in delays)
-    assert kills >= 2, f"delays {delays} of a {seconds:.1f} s run mostly missed it"
+    gap = (lines[-1] - lines[0]) / (len(lines) - 1)
+    kills, seen = 0, []
+    for d in [rng.uniform(0.2, 0.9) * seconds for _ in range(2)]:
+        kills += _killed(root, run, delay=d)
+        seen.append((f"{d:.2f} s", _last_step(run)))
+    for _ in range(3):
+        n = min(_last_step(run) + rng.randint(1, 2), 5)
+        wait = rng.uniform(0.0, 1.0) * gap
+        kills += _killed(root, run, when=_after_line(run, n, wait))
+        seen.append((f"line {n} + {wait:.2f} s", _last_step(run)))
+    print(f"reference {seconds:.1f} s, batch lines at {[round(t, 2) for t in lines]} s")
+    print(f"kills (when, last checkpoint step after it): {seen}")
+    assert kills >= 4, f"the run ended before most kills: {seen}"
     _finish(root, run)
     _same_as_reference(root, run)
     for name, tmp in (("mid_save", True), ("after_step", False)):
@@ -226,7 +280,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference):
 
 def test_old_npz_checkpoint_still_resumes(reference):
     """A run directory of the earlier format (checkpoint.npz) resumes and continues in the new."""
-    root, _ = reference
+    root, _, _ = reference
     run = root / "old"
     out = subprocess.run(
         _command(root, run, "--max_batches=3"),
@@ -241,7 +295,6 @@ def test_old_npz_checkpoint_still_resumes(reference):
     assert found is not None and found[0] == 3
     _, arrays, meta = found
     np.savez(run / "checkpoint.npz", batches_done=np.asarray(meta["batches_done"]), **arrays)
-    import shutil
 
     shutil.rmtree(run / "checkpoint")
     out = _finish(root, run)
@@ -250,7 +303,7 @@ def test_old_npz_checkpoint_still_resumes(reference):
 
 
 def test_second_process_on_a_held_directory_is_refused(reference):
-    root, _ = reference
+    root, _, _ = reference
     run = root / "locked"
     first = subprocess.Popen(
         _command(root, run),

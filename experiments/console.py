@@ -22,6 +22,9 @@ Noise hidden unless `--verbose` (or `JAXEDIT_VERBOSE=1`, which `scripts/_venv.sh
   would take the backend choice away from a user with an accelerator.
 * transformers' import-time advisory "PyTorch was not found. Models won't be available ...":
   jaxedit uses transformers for tokenizers only.
+* orbax-checkpoint's INFO records (a dozen per run checkpoint saved or read: temporary folders,
+  renames, timings). It logs through absl's own logger, so they are told by the file that logged
+  them (a path under `orbax/`); its warnings and errors still print.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_bool(
     "verbose",
     False,
-    "Also show third-party start-up noise (JAX's backend probing, transformers' PyTorch advisory).",
+    "Also show third-party noise (JAX's backend probing, transformers' PyTorch advisory, "
+    "orbax-checkpoint's INFO records).",
 )
 
 # (logger, highest level dropped, message prefix): records of that logger at or below the level
@@ -71,6 +75,19 @@ class _DropNoise(logging.Filter):
 
 for _name, _level, _prefix in NOISE:
     logging.getLogger(_name).addFilter(_DropNoise(_level, _prefix))
+
+
+class _DropOrbaxInfo(logging.Filter):
+    """orbax-checkpoint's INFO (and DEBUG) records on absl's logger, unless verbose()."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        sep = os.sep
+        return (
+            record.levelno > logging.INFO or f"{sep}orbax{sep}" not in record.pathname or verbose()
+        )
+
+
+logging.getLogger("absl").addFilter(_DropOrbaxInfo())
 
 
 def help_sections(

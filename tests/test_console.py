@@ -33,7 +33,8 @@ HELP = {
                 "downstream.jsonl",
                 "activation.jsonl",
                 "snapshots/",
-                "checkpoint.npz",
+                "checkpoint/",
+                ".lock",
                 "final.json",
             )
         ),

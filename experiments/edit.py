@@ -71,6 +71,13 @@ import paths  # experiments/paths.py: the binaries' default data folders
 FLAGS = flags.FLAGS
 cli.define_config_flags("configs/encore_smollm2.py")
 flags.DEFINE_string("model", None, "Preset, HF directory or GGUF path (default: the config's).")
+flags.DEFINE_enum(
+    "dtype",
+    None,
+    ["float32", "bfloat16", "float16"],
+    "Weight dtype (default: the checkpoint's; float32 for GGUF). The search, C0, the solves and ΔW "
+    "stay in float32; ΔW is rounded once to this dtype when added.",
+)
 flags.DEFINE_enum("method", None, list(config_lib.METHODS), "Override the config's method.")
 flags.DEFINE_string("hparams_json", None, "The authors' hparams JSON (overrides the config).")
 flags.DEFINE_string(
@@ -182,7 +189,7 @@ __doc__ = console.help_sections(
     [
         (
             "model and editing config",
-            ["config", "model", "method", "hparams_json", "templates", "label"],
+            ["config", "model", "dtype", "method", "hparams_json", "templates", "label"],
             "every editing-config field: --config.<path>=<value>, see --helpfull",
         ),
         ("the edits", ["requests", "data_path", "start", "num_edits", "batch_size"]),
@@ -381,7 +388,7 @@ RESULT_FILES = (
     "final.json",
     OLD_CHECKPOINT,
 )
-IDENTITY = ("config", "model", "data", "start", "num_requests", "batch_size", "case_ids")
+IDENTITY = ("config", "model", "dtype", "data", "start", "num_requests", "batch_size", "case_ids")
 
 
 def read_run_dir(workdir: Path) -> dict:
@@ -435,6 +442,8 @@ def check_resumable(
         return False
 
     def norm(key, value):
+        if key == "dtype" and value is None:  # run.json of runs before --dtype: always float32
+            value = "float32"
         if key == "config" and not templates and isinstance(value, dict):
             value = {k: v for k, v in value.items() if k != "templates"}
         return json.dumps(value, default=str)
@@ -790,7 +799,7 @@ def prepare(workdir: Path):
     }
     check_resumable(workdir, prior["run"], early, EARLY_IDENTITY, templates=False)
 
-    model = jaxedit.load(cfg.model)
+    model = jaxedit.load(cfg.model, dtype=FLAGS.dtype)
     if model.tokenizer is None:
         raise cli.UserError(
             f"--model={cfg.model} has no tokenizer (fix: save the tokenizer files beside the "
@@ -811,6 +820,7 @@ def prepare(workdir: Path):
         "label": FLAGS.label or default_label(cfg),
         "config": config_lib.to_dict(cfg),
         "model": model.source,
+        "dtype": str(model.dtype),
         "num_layers": model.config.num_layers,
         "num_requests": len(reqs),
         "data": FLAGS.requests or FLAGS.data_path,

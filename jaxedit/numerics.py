@@ -2,7 +2,7 @@
 
 XLA's default precision is backend dependent: on TPU a float32 matmul runs as one bfloat16 pass, on
 recent NVIDIA GPUs as TF32 (when enabled); only on CPU is it exact float32. jaxedit never relies on
-the global `jax_default_matmul_precision` flag that a user may or may not set. Instead every jitted
+JAX's global default-precision config flag, which a user may or may not set. Instead every jitted
 path traces its body under an explicit precision:
 
 * the model forward (logits, generation, metrics, downstream scoring, statistics, analysis) under

@@ -184,3 +184,39 @@ def smollm2_tokenizer():
         meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
         _TOKENIZERS["smollm2"] = build_tokenizer(meta)
     return _TOKENIZERS["smollm2"]
+
+
+# Requests the binary tests edit (subject last, one-word targets).
+EDIT_REQUESTS: list[dict[str, Any]] = [
+    {
+        "case_id": 7,
+        "prompt": "The favourite food of {} is",
+        "subject": "Alice Smith",
+        "target_new": "pizza",
+        "target_true": "rice",
+    },
+    {
+        "case_id": 8,
+        "prompt": "{} lives in the city of",
+        "subject": "Bob Jones",
+        "target_new": "Madrid",
+        "target_true": "Oslo",
+    },
+]
+
+
+def edit_command(repo: str | os.PathLike, root: str | os.PathLike, *args: str) -> list[str]:
+    """The argv of `experiments/edit.py` of the checkout `repo` on the tiny test setup in `root`
+    (`model/`, `corpus.txt`, a `stats/` cache) with `configs/tiny.py`, followed by `args`."""
+    import sys
+
+    repo, root = Path(repo), Path(root)
+    return [
+        sys.executable,
+        str(repo / "experiments" / "edit.py"),
+        f"--config={repo / 'configs/tiny.py'}",
+        f"--model={root / 'model'}",
+        f"--stats_text={root / 'corpus.txt'}",
+        f"--stats_dir={root / 'stats'}",
+        *args,
+    ]

@@ -35,22 +35,7 @@ from jaxedit.errors import CorruptFileError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-REQUESTS = [
-    {
-        "case_id": 7,
-        "prompt": "The favourite food of {} is",
-        "subject": "Alice Smith",
-        "target_new": "pizza",
-        "target_true": "rice",
-    },
-    {
-        "case_id": 8,
-        "prompt": "{} lives in the city of",
-        "subject": "Bob Jones",
-        "target_new": "Madrid",
-        "target_true": "Oslo",
-    },
-]
+REQUESTS = testing.EDIT_REQUESTS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,33 +5,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import jaxedit
-from jaxedit import corpus, models
+from jaxedit import corpus, models, testing
 from jaxedit.lm import LanguageModel
 from jaxedit.testing import require_shared, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUESTS = [
-    {
-        "case_id": 7,
-        "prompt": "The favourite food of {} is",
-        "subject": "Alice Smith",
-        "target_new": "pizza",
-        "target_true": "rice",
-    },
-    {
-        "case_id": 8,
-        "prompt": "{} lives in the city of",
-        "subject": "Bob Jones",
-        "target_new": "Madrid",
-        "target_true": "Oslo",
-    },
+    *testing.EDIT_REQUESTS,
     {
         "case_id": 9,
         "prompt": "The language spoken by {} is",
@@ -81,15 +67,7 @@ def setup(tmp_path_factory):
 
 
 def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        str(ROOT / "experiments" / "edit.py"),
-        f"--config={ROOT / 'configs/tiny.py'}",
-        f"--model={root / 'model'}",
-        f"--stats_text={root / 'corpus.txt'}",
-        f"--stats_dir={root / 'stats'}",
-        *args,
-    ]
+    cmd = testing.edit_command(ROOT, root, *args)
     env = {**os.environ, "JAXEDIT_DATA": str(require_shared("data"))}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
 

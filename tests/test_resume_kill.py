@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from test_edit_binary import REQUESTS, ROOT, _kernels, setup  # noqa: F401 (setup: the fixture)
 
-from jaxedit import checkpoint
+from jaxedit import checkpoint, testing
 from jaxedit.errors import CorruptFileError
 from jaxedit.testing import require_shared
 
@@ -145,20 +145,16 @@ def test_sharded_arrays_round_trip_with_their_sharding(tmp_path):
 
 
 def _command(root: Path, workdir: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "experiments" / "edit.py"),
-        f"--config={ROOT / 'configs/tiny.py'}",
-        f"--model={root / 'model'}",
-        f"--stats_text={root / 'corpus.txt'}",
-        f"--stats_dir={root / 'stats'}",
+    return testing.edit_command(
+        ROOT,
+        root,
         f"--requests={root / 'requests6.json'}",
         "--batch_size=1",
         "--evaluate=false",
         f"--workdir={workdir}",
         f"--export_dir={workdir}_out",
         *args,
-    ]
+    )
 
 
 def _env() -> dict:

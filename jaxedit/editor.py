@@ -30,12 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxedit import solve
+from jaxedit import sharding, solve
 from jaxedit.config import EditConfig
 from jaxedit.errors import InputError
 from jaxedit.lm import LanguageModel
 from jaxedit.models import Probe, rewrite_path
-from jaxedit.prompts import KeyBatch, build_key_batch
+from jaxedit.prompts import KeyBatch, build_key_batch, pad_key_rows
 from jaxedit.requests import EditRequest, validate_requests
 from jaxedit.search import SearchResult, build_search_batch, search_targets
 from jaxedit.shapes import bucket_in
@@ -127,6 +127,12 @@ def _with_kernels(params, config, kernels: dict[int, Array]):
     return new
 
 
+@jax.jit
+def _add_rounded(kernel: Array, dw: Array) -> Array:
+    """kernel + dW in float32, rounded once to the kernel's dtype (in the kernel's sharding)."""
+    return (kernel.astype(jnp.float32) + dw.astype(jnp.float32)).astype(kernel.dtype)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "layer", "z_layer"))
 def keys_and_current(
     graphdef, params, kb: KeyBatch, layer: int, z_layer: int
@@ -165,6 +171,9 @@ class Editor:
       stats: C0 per edited layer (and projectors for AlphaEdit).
       templates: context templates in the nested reference form.
       max_journal: batches kept for rollback (older ones are folded into the journal's base).
+
+    A model placed on a mesh (`LanguageModel.shard`) is edited on it: the statistics, caches and
+    batches are placed as `jaxedit.sharding` describes, and every pass runs partitioned.
     """
 
     def __init__(
@@ -176,7 +185,15 @@ class Editor:
         max_journal: int = 16,
     ):
         cfg.validate(model.config.num_layers)
-        self.model, self.cfg, self.stats = model, cfg, stats
+        self.model, self.cfg, self.mesh = model, cfg, model.mesh
+        if self.mesh is not None:  # C0 and projectors: rows over every device
+            stats = LayerStats(
+                cov={l: sharding.place_square(self.mesh, c) for l, c in stats.cov.items()},
+                null_proj={
+                    l: sharding.place_square(self.mesh, p) for l, p in stats.null_proj.items()
+                },
+            )
+        self.stats = stats
         # The editor's own passes (search, keys) run at the editing config's precision.
         self._graphdef = model.with_precision(cfg.matmul_precision).graphdef
         self.templates = tuple(tuple(g) for g in templates)
@@ -199,7 +216,11 @@ class Editor:
         params = self.model.params if params is None else params
         f = self.model.config.intermediate_size
         dtype = jnp.float64 if self.cfg.solve.float64 else jnp.float32
-        kkt = {l: jnp.zeros((f, f), dtype) for l in self.cfg.layers} if self.uses_prev_cache else {}
+        kkt = (
+            {l: sharding.place_square(self.mesh, jnp.zeros((f, f), dtype)) for l in self.cfg.layers}
+            if self.uses_prev_cache
+            else {}
+        )
         kernels = {l: _kernel(params, rewrite_path(self.model.config, l)) for l in self.cfg.layers}
         return EditState(
             params=params, prev_kkt=kkt, num_edits=0, journal=(), base_kernels=kernels, base_kkt=kkt
@@ -215,14 +236,17 @@ class Editor:
             pad_requests_to=self._padded_size(len(requests)),
             max_length=self.model.config.max_position_embeddings,
         )
-        res = search_targets(self._graphdef, params, batch, self.cfg.search, self.cfg.z_layer)
+        res = search_targets(
+            self._graphdef, params, batch, self.cfg.search, self.cfg.z_layer, mesh=self.mesh
+        )
         return res, infos
 
-    @staticmethod
-    def _padded_size(n: int) -> int:
+    def _padded_size(self, n: int) -> int:
         """Batch sizes are padded to a few buckets so a run compiles the search a handful of
-        times."""
-        return bucket_in(n, (1, 2, 4, 8, 10, 16, 32, 50, 64, 100, 128), 64)
+        times (and to a multiple of the mesh's data size)."""
+        size = bucket_in(n, (1, 2, 4, 8, 10, 16, 32, 50, 64, 100, 128), 64)
+        data = sharding.data_size(self.mesh)
+        return -(-size // data) * data
 
     def _solve(self, layer, keys, resid, prev):
         s, m = self.cfg.solve, self.cfg.method
@@ -271,7 +295,7 @@ class Editor:
             infos: list[dict] = [{}] * n
         else:
             res, infos = self.search(state.params, requests)
-            targets = np.asarray(res.targets)[:n]
+            targets = sharding.to_host(res.targets)[:n]
         search_time = time.perf_counter() - t0
         if not np.isfinite(targets).all():
             raise EditError(
@@ -280,24 +304,27 @@ class Editor:
 
         t0 = time.perf_counter()
         kb = build_key_batch(self.model.tokenizer, requests, self.templates)
+        if self.mesh is not None:  # rows over `data`: pad with copies, dropped from the outputs
+            kb = sharding.place_rows(self.mesh, pad_key_rows(kb, sharding.data_size(self.mesh)))
         z = jnp.asarray(targets.T)  # [d, n]
         params = state.params
         start = {l: _kernel(params, rewrite_path(mcfg, l)) for l in cfg.layers}
         deltas, kkts, keys_out, new_kkt = {}, {}, {}, dict(state.prev_kkt)
         for i, layer in enumerate(cfg.layers):
             keys, current = keys_and_current(self._graphdef, params, kb, layer, cfg.z_layer)
+            keys, current = keys[:, :n], current[:, :n]
             resid = (z - current) / (len(cfg.layers) - i)
             prev = state.prev_kkt[layer] if self.uses_prev_cache else None
             dw = self._solve(layer, keys, resid, prev)
-            kernel = start[layer]
-            new_kernel = (kernel.astype(jnp.float32) + dw.astype(jnp.float32)).astype(kernel.dtype)
+            new_kernel = sharding.reshard(_add_rounded(start[layer], dw), start[layer])
             params = _with_kernels(params, mcfg, {layer: new_kernel})
             deltas[layer] = dw.astype(jnp.float32)
             keys_out[layer] = keys
             if self.uses_prev_cache:
                 kkt = solve.key_gram(keys.astype(state.prev_kkt[layer].dtype))
                 kkts[layer] = kkt
-                new_kkt[layer] = state.prev_kkt[layer] + kkt
+                prev = state.prev_kkt[layer]
+                new_kkt[layer] = sharding.reshard(prev + kkt, prev)
         finite = all(bool(jnp.isfinite(d).all()) for d in deltas.values())
         if not finite:
             raise EditError(f"non-finite weight update (case_ids {[q.case_id for q in requests]})")
@@ -323,12 +350,12 @@ class Editor:
         report = BatchReport(
             case_ids=[q.case_id for q in requests],
             targets=targets,
-            target_init=np.asarray(res.target_init)[:n],
-            stop_steps=np.asarray(res.stop_steps)[:n],
-            target_prob=np.asarray(res.target_prob)[:n],
-            history={k: np.asarray(v)[:, :n] for k, v in res.history.items()},
-            keys={l: np.asarray(k) for l, k in keys_out.items()},
-            deltas={l: np.asarray(d) for l, d in deltas.items()},
+            target_init=sharding.to_host(res.target_init)[:n],
+            stop_steps=sharding.to_host(res.stop_steps)[:n],
+            target_prob=sharding.to_host(res.target_prob)[:n],
+            history={k: sharding.to_host(v)[:, :n] for k, v in res.history.items()},
+            keys={l: sharding.to_host(k) for l, k in keys_out.items()},
+            deltas={l: sharding.to_host(d) for l, d in deltas.items()},
             delta_norm={l: float(jnp.linalg.norm(d)) for l, d in deltas.items()},
             weight_norm={
                 l: float(
@@ -347,10 +374,9 @@ class Editor:
         kernels, kkt = dict(kernels), dict(kkt)
         for e in entries:
             for layer, dw in e.deltas.items():
-                k = kernels[layer]
-                kernels[layer] = (k.astype(jnp.float32) + dw).astype(k.dtype)
+                kernels[layer] = sharding.reshard(_add_rounded(kernels[layer], dw), kernels[layer])
             for layer, inc in e.kkt.items():
-                kkt[layer] = kkt[layer] + inc
+                kkt[layer] = sharding.reshard(kkt[layer] + inc, kkt[layer])
         return kernels, kkt
 
     def rollback(self, state: EditState, k: int = 1) -> EditState:
@@ -376,7 +402,7 @@ class Editor:
         that writes each shard where it lives; the edit count is a numpy int64 either way."""
 
         def out(x):
-            return np.asarray(x) if host else x
+            return sharding.to_host(x) if host else x
 
         arrays: dict[str, Any] = {"num_edits": np.asarray(state.num_edits, np.int64)}
         for layer in self.cfg.layers:
@@ -409,9 +435,9 @@ class Editor:
                     f"is {want.shape} {want.dtype}: the checkpoint belongs to another model "
                     "(fix: delete it, or start a new run)"
                 )
-            kernels[layer] = jnp.asarray(got)
+            kernels[layer] = self._like(got, want)
             if self.uses_prev_cache:
-                kkt[layer] = jnp.asarray(arrays[f"prev_kkt_L{layer}"])
+                kkt[layer] = self._like(arrays[f"prev_kkt_L{layer}"], base.base_kkt[layer])
         params = _with_kernels(self.model.params, self.model.config, kernels)
         return EditState(
             params=params,
@@ -421,6 +447,12 @@ class Editor:
             base_kernels=kernels,
             base_kkt=kkt,
         )
+
+    def _like(self, x, ref: Array) -> Array:
+        """`x` (numpy or a jax.Array) as a device array placed like `ref`."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        return sharding.place(x, ref.sharding)
 
     def edited_model(self, state: EditState) -> LanguageModel:
         return self.model.replace(params=state.params)

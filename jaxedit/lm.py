@@ -174,6 +174,7 @@ class LanguageModel:
       graphdef: the NNX graph definition (static).
       params: the `nnx.State` of all parameters (an explicit pytree).
       source: where the model came from (for logs and run records).
+      mesh: the `jax.sharding.Mesh` the parameters are placed on (`shard`), or None (one device).
     """
 
     config: ModelConfig
@@ -181,6 +182,7 @@ class LanguageModel:
     graphdef: Any
     params: Any
     source: str = ""
+    mesh: Any = None
 
     @property
     def module(self) -> CausalLM:
@@ -193,6 +195,17 @@ class LanguageModel:
 
     def replace(self, **changes) -> LanguageModel:
         return dataclasses.replace(self, **changes)
+
+    def shard(self, mesh) -> LanguageModel:
+        """The model with its parameters placed on `mesh` by `jaxedit.sharding.RULES` (heads and
+        MLP width over `model`, FSDP over `data`); every jitted pass then runs partitioned over the
+        mesh. `mesh=None` returns the model unchanged."""
+        if mesh is None:
+            return self
+        from jaxedit import sharding
+
+        params = sharding.shard_params(self.params, self.config.family, mesh)
+        return self.replace(params=params, mesh=mesh)
 
     @property
     def precision(self) -> str:

@@ -245,3 +245,16 @@ def build_key_batch(tokenizer, requests: Sequence[EditRequest], templates) -> Ke
     return KeyBatch(
         input_ids, mask, np.asarray(lookups, np.int32), tuple(len(g) for g in templates)
     )
+
+
+def pad_key_rows(kb: KeyBatch, multiple: int) -> KeyBatch:
+    """`kb` with its request rows padded to a multiple of `multiple` by copies of the last request
+    (for a mesh's data axis; the caller drops the padded rows' outputs)."""
+    r = kb.input_ids.shape[0]
+    extra = -r % multiple
+    if not extra:
+        return kb
+    idx = np.concatenate([np.arange(r), np.full(extra, r - 1)])
+    return dataclasses.replace(
+        kb, input_ids=kb.input_ids[idx], mask=kb.mask[idx], lookup=kb.lookup[idx]
+    )

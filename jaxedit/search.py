@@ -39,6 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxedit import sharding
 from jaxedit.config import SearchConfig
 from jaxedit.models import Probe
 from jaxedit.prompts import (  # noqa: F401 (re-exported: the search's public API)
@@ -285,6 +286,16 @@ def _take(ctx, state, idx: Array, pad: Array):
     return ctx, state
 
 
+def _place_state(mesh, state):
+    """The loop state's `[r, ...]` leaves over `data` (history is `[steps, r]`: replicated, it is
+    small; the scalar counters stay as they are)."""
+    out = {k: v for k, v in state.items() if k in ("it", "history")}
+    r = state["done"].shape[0]
+    rest = {k: v for k, v in state.items() if k not in out}
+    placed = jax.tree.map(lambda x: sharding.place_rows(mesh, x) if x.ndim and x.shape[0] == r else x, rest)
+    return out | placed
+
+
 def search_targets(
     graphdef,
     params,
@@ -293,6 +304,7 @@ def search_targets(
     z_layer: int,
     *,
     min_bucket: int = COMPACT_MIN_BUCKET,
+    mesh=None,
 ) -> SearchResult:
     """Runs the target search for every request of `batch` on the model `(graphdef, params)`.
 
@@ -300,9 +312,14 @@ def search_targets(
     into smaller batches (see `COMPACT_MIN_BUCKET`; `min_bucket=0` keeps the full batch to the end).
     Each request's trajectory does not depend on which slot or batch width it is run in, so
     compaction changes results only by float rounding.
+
+    With a `mesh` (`params` placed on it, `batch.num_requests` a multiple of its data size), the
+    request rows are split over the mesh's `data` axis and compacted batches stay multiples of it.
     """
     r = batch.num_requests
     n = hp.num_steps
+    data = sharding.data_size(mesh)
+    batch = sharding.place_rows(mesh, batch)
     ctx, state = _prepare(graphdef, params, batch, hp, z_layer)
     h0 = ctx["h0"]
     out_keys = ("delta", "stop_step", "prob", "loss")
@@ -313,7 +330,9 @@ def search_targets(
         size = len(members)
         min_live = size // 2 if min_bucket > 0 and size // 2 >= min_bucket else -1
         state = _run(graphdef, params, ctx, state, hp, z_layer, jnp.int32(min_live))
-        host = jax.device_get({k: state[k] for k in (*out_keys, "it", "done", "history")})
+        host = jax.tree.map(
+            sharding.to_host, {k: state[k] for k in (*out_keys, "it", "done", "history")}
+        )
         for k in out_keys:
             out[k][members[real]] = host[k][real]
         for k, v in host["history"].items():
@@ -321,10 +340,12 @@ def search_targets(
         live = np.flatnonzero(~host["done"])
         if live.size == 0 or host["it"] >= n:
             break
-        new_size = bucket_pow2(live.size, min_bucket)
+        new_size = -(-bucket_pow2(live.size, min_bucket) // data) * data
         idx = np.concatenate([live, np.full(new_size - live.size, live[0])])
         pad = np.arange(new_size) >= live.size
         ctx, state = _take(ctx, state, jnp.asarray(idx), jnp.asarray(pad))
+        if mesh is not None:  # the gathered slots back over `data`
+            ctx, state = sharding.place_rows(mesh, ctx), _place_state(mesh, state)
         members, real = members[idx], ~pad
     delta = jnp.asarray(out["delta"])
     return SearchResult(

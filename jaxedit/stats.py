@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 from numpy.typing import ArrayLike
 
-from jaxedit import convert
+from jaxedit import convert, sharding
 from jaxedit.errors import InputError
 from jaxedit.files import read_npz
 from jaxedit.lm import LanguageModel
@@ -68,7 +68,7 @@ def model_fingerprint(model: LanguageModel, max_layer: int) -> str:
         layer = next((p for p in path if isinstance(p, int)), None)
         if layer is not None and layer > max_layer:
             continue
-        flat = np.asarray(value).reshape(-1)
+        flat = sharding.to_host(value).reshape(-1)
         stride = max(1, flat.size // 65536)
         h.update(str(path).encode() + str(flat.shape).encode() + str(flat.dtype).encode())
         h.update(np.ascontiguousarray(flat[::stride]).tobytes())
@@ -113,7 +113,8 @@ def collect_second_moments(
     """
     layers = tuple(sorted(layers))
     f = model.config.intermediate_size
-    sums = tuple(jnp.zeros((f, f), jnp.float32) for _ in layers)
+    mesh = model.mesh  # with a mesh: batch rows over `data`, the sums' rows over every device
+    sums = tuple(sharding.place_square(mesh, jnp.zeros((f, f), jnp.float32)) for _ in layers)
     count, docs_done, t_start = 0, 0, time.perf_counter()
     bar = Progress(  # its summary is the "key statistics: ... tokens in ... s" line below
         total,
@@ -133,11 +134,13 @@ def collect_second_moments(
 
     def flush(t: int, docs: list, sums):
         rows = max(1, batch_tokens // t)  # fixed rows per length bucket
+        rows = -(-rows // sharding.data_size(mesh)) * sharding.data_size(mesh)  # (masked padding)
         ids = np.zeros((rows, t), np.int32)
         mask = np.zeros((rows, t), np.int32)
         for i, d in enumerate(docs):
             ids[i, : len(d)] = d
             mask[i, : len(d)] = 1
+        ids, mask = sharding.place_rows(mesh, (ids, mask))
         return _accumulate(
             model.graphdef, model.params, sums, jnp.asarray(ids), jnp.asarray(mask), layers
         )
@@ -168,7 +171,9 @@ def collect_second_moments(
         count,
         time.perf_counter() - t_start,
     )
-    return {layer: np.asarray(s) / np.float32(count) for layer, s in zip(layers, sums)}, count
+    return {
+        layer: sharding.to_host(s) / np.float32(count) for layer, s in zip(layers, sums)
+    }, count
 
 
 def save_npz(path: Path, cov: np.ndarray, count: int, meta: dict | None = None) -> None:

@@ -53,6 +53,53 @@ def define_config_flags(default: str, flag_values: flags.FlagValues = flags.FLAG
         )
 
 
+def define_mesh_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """`--mesh` (the device mesh) and the multi-host flags (`jax.distributed`)."""
+    flags.DEFINE_string(
+        "mesh",
+        None,
+        "Device mesh 'data:D,model:M' (D·M = all devices; weights split over model and, "
+        "FSDP-style, data; request rows over data) or 'auto'. Default: one device.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "coordinator",
+        None,
+        "host:port of process 0 for a multi-host run (jax.distributed); with --num_processes and "
+        "--process_id. Only process 0 writes files and logs.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer("num_processes", 1, "Processes of a multi-host run.", lower_bound=1)
+    flags.DEFINE_integer("process_id", 0, "This process's index in a multi-host run.", lower_bound=0)
+
+
+def start_processes(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Joins the multi-host run named by `--coordinator` (before any JAX computation) and checks
+    `--mesh` against the devices."""
+    from jaxedit import sharding
+
+    fv = flag_values
+    if fv["coordinator"].value:
+        if fv["process_id"].value >= fv["num_processes"].value:
+            raise UserError(
+                f"--process_id={fv['process_id'].value} with --num_processes="
+                f"{fv['num_processes'].value} (fix: ids run from 0 to num_processes - 1)"
+            )
+        sharding.initialize_distributed(
+            fv["coordinator"].value, fv["num_processes"].value, fv["process_id"].value
+        )
+    elif fv["num_processes"].value > 1:
+        raise UserError("--num_processes > 1 needs --coordinator=host:port (fix: pass it)")
+    sharding.parse_mesh(fv["mesh"].value or "")
+
+
+def shard_model(model, flag_values: flags.FlagValues = flags.FLAGS):
+    """The model placed on the `--mesh` (unchanged without one)."""
+    from jaxedit import sharding
+
+    return model.shard(sharding.make_mesh(flag_values["mesh"].value, model.config))
+
+
 def config_file_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib.EditConfig:
     """The `EditConfig` of the `--config` file."""
     path = flag_values["config"].value

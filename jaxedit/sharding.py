@@ -51,6 +51,7 @@ __all__ = [
     "RULES",
     "auto_shape",
     "data_size",
+    "initialize_distributed",
     "make_mesh",
     "param_spec",
     "parse_mesh",
@@ -161,6 +162,22 @@ def make_mesh(
 
 def data_size(mesh: Mesh | None) -> int:
     return 1 if mesh is None else mesh.shape[_D]
+
+
+def initialize_distributed(coordinator: str, num_processes: int, process_id: int, *, timeout_s: int = 300) -> None:
+    """`jax.distributed.initialize` for a multi-host run (call it before any other JAX call).
+
+    On CPU the cross-process collectives use gloo (XLA's CPU default has none across processes).
+    Every process then sees every device in `jax.devices()`, so `make_mesh` builds the one global
+    mesh."""
+    # Only the CPU client reads this; GPU/TPU processes use their own collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=timeout_s,
+    )
 
 
 # ------------------------------------------------------------------------------------------------

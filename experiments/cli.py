@@ -70,7 +70,9 @@ def define_mesh_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         flag_values=flag_values,
     )
     flags.DEFINE_integer("num_processes", 1, "Processes of a multi-host run.", lower_bound=1)
-    flags.DEFINE_integer("process_id", 0, "This process's index in a multi-host run.", lower_bound=0)
+    flags.DEFINE_integer(
+        "process_id", 0, "This process's index in a multi-host run.", lower_bound=0
+    )
 
 
 def start_processes(flag_values: flags.FlagValues = flags.FLAGS) -> None:

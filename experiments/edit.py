@@ -57,6 +57,7 @@ from jaxedit import (
     files,
     hub,
     metrics,
+    sharding,
     stats,
     templates,
 )
@@ -70,6 +71,7 @@ import paths  # experiments/paths.py: the binaries' default data folders
 
 FLAGS = flags.FLAGS
 cli.define_config_flags("configs/encore_smollm2.py")
+cli.define_mesh_flags()
 flags.DEFINE_string("model", None, "Preset, HF directory or GGUF path (default: the config's).")
 flags.DEFINE_enum(
     "dtype",
@@ -192,6 +194,7 @@ __doc__ = console.help_sections(
             ["config", "model", "dtype", "method", "hparams_json", "templates", "label"],
             "every editing-config field: --config.<path>=<value>, see --helpfull",
         ),
+        ("devices and hosts", ["mesh", "coordinator", "num_processes", "process_id"]),
         ("the edits", ["requests", "data_path", "start", "num_edits", "batch_size"]),
         ("key statistics C0", ["stats_text", "stats_samples", "stats_npz", "stats_dir"]),
         (
@@ -321,6 +324,8 @@ def validate_batches(reqs: list[requests_lib.EditRequest], model) -> None:
 
 
 def dump_batch(path: Path, k: int, rep: editor.BatchReport, layers) -> None:
+    if not writer():
+        return
     path.mkdir(parents=True, exist_ok=True)
     arrays = {
         "case_ids": np.asarray(rep.case_ids),
@@ -338,7 +343,15 @@ def dump_batch(path: Path, k: int, rep: editor.BatchReport, layers) -> None:
 # files of a run directory
 
 
+def writer() -> bool:
+    """Whether this process writes the run directory (process 0 of a multi-host run; the others
+    compute their share and write nothing)."""
+    return jax.process_index() == 0
+
+
 def write_json(path: Path, obj) -> None:
+    if not writer():
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=float))
     os.replace(tmp, path)
@@ -366,12 +379,16 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
+    if not writer():
+        return
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in rows))
     os.replace(tmp, path)
 
 
 def append_jsonl(path: Path, row: dict) -> None:
+    if not writer():
+        return
     with open(path, "a") as f:
         f.write(json.dumps(row, default=float) + "\n")
 
@@ -460,6 +477,8 @@ def check_resumable(
 def remove_new_run(workdir: Path, existed: bool) -> None:
     """Removes what a fresh run wrote to `workdir` before it failed (the directory itself when it
     did not exist before)."""
+    if not writer():
+        return
     if not existed:
         shutil.rmtree(workdir, ignore_errors=True)
         return
@@ -479,7 +498,10 @@ def remove_new_run(workdir: Path, existed: bool) -> None:
 def lock_run_dir(workdir: Path):
     """An exclusive lock on `<workdir>/.lock` (the directory is created), held until the process
     exits: the OS drops it when the process dies, even by SIGKILL, so a killed run resumes at
-    once. Refuses a directory another live process holds. Returns the open file (keep it)."""
+    once. Refuses a directory another live process holds. Returns the open file (keep it). In a
+    multi-host run process 0 holds it for all."""
+    if not writer():
+        return None
     workdir.mkdir(parents=True, exist_ok=True)
     f = open(workdir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the process lifetime)
     try:
@@ -689,6 +711,8 @@ def save_snapshot(workdir: Path, ed: editor.Editor, state) -> None:
     path = snapshot_path(workdir, state.num_edits)
     path.parent.mkdir(exist_ok=True)
     arrays = {k: v for k, v in ed.state_arrays(state).items() if not k.startswith("prev_kkt")}
+    if not writer():  # (every process gathers: state_arrays is collective across hosts)
+        return
     np.savez(path.with_suffix(".tmp.npz"), **arrays)
     os.replace(path.with_suffix(".tmp.npz"), path)
 
@@ -799,7 +823,7 @@ def prepare(workdir: Path):
     }
     check_resumable(workdir, prior["run"], early, EARLY_IDENTITY, templates=False)
 
-    model = jaxedit.load(cfg.model, dtype=FLAGS.dtype)
+    model = cli.shard_model(jaxedit.load(cfg.model, dtype=FLAGS.dtype))
     if model.tokenizer is None:
         raise cli.UserError(
             f"--model={cfg.model} has no tokenizer (fix: save the tokenizer files beside the "
@@ -828,6 +852,8 @@ def prepare(workdir: Path):
         "batch_size": FLAGS.batch_size,
         "case_ids": [r.case_id for r in reqs],
         "devices": [str(d) for d in jax.devices()],
+        "mesh": dict(model.mesh.shape) if model.mesh is not None else None,
+        "processes": jax.process_count(),
     }
     check_resumable(workdir, prior["run"], run)
     ev = Evaluator(model, cfg, reqs)
@@ -879,6 +905,9 @@ def main(argv):
     fresh = FLAGS.overwrite or new
     dump_existed = not FLAGS.dump_dir or Path(FLAGS.dump_dir).exists()
     check_flags()
+    cli.start_processes()
+    if not writer():  # logs and tables come from process 0 only
+        logging.set_verbosity(logging.ERROR)
     lock = lock_run_dir(workdir)  # held until the process exits  # noqa: F841
     try:
         setup = prepare(workdir)  # writes nothing but the lock
@@ -900,7 +929,7 @@ def main(argv):
 
 def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None:
     """The run itself, on input `prepare` checked: baseline, batches, final metrics, export."""
-    if FLAGS.overwrite:
+    if FLAGS.overwrite and writer():
         for name in RESULT_FILES:
             (workdir / name).unlink(missing_ok=True)
         shutil.rmtree(workdir / "snapshots", ignore_errors=True)
@@ -1008,12 +1037,14 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
             ed.state_arrays(state, host=False),
             {"batches_done": i + 1, "num_edits": state.num_edits},
         )
-        (workdir / OLD_CHECKPOINT).unlink(missing_ok=True)  # an earlier format's, now superseded
+        if writer():
+            (workdir / OLD_CHECKPOINT).unlink(missing_ok=True)  # an earlier format, superseded
         bar.update(edits=state.num_edits)
     bar.close()
 
     # 3. Final editing metrics against the same baseline.
     edited = ed.edited_model(state)
+    sync("batches written")  # other processes read the log process 0 wrote
     lines = read_jsonl(workdir / "batches.jsonl")
     steady = lines[1:] or lines
     final = {
@@ -1047,9 +1078,22 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
         logging.info("editing metrics before %s after %s", final["before"], final["after"])
     write_json(workdir / "final.json", final)
     if FLAGS.export_dir:
-        jaxedit.save_hf(edited, FLAGS.export_dir)
-        logging.info("exported the edited model to %s", FLAGS.export_dir)
-    print(json.dumps(final))
+        if jax.process_count() > 1:  # every process takes part in the gather; process 0 writes
+            host = jax.tree.map(sharding.to_host, edited.params)
+            edited = edited.replace(params=host, mesh=None)
+        if writer():
+            jaxedit.save_hf(edited, FLAGS.export_dir)
+            logging.info("exported the edited model to %s", FLAGS.export_dir)
+    if writer():
+        print(json.dumps(final))
+
+
+def sync(name: str) -> None:
+    """A barrier across the processes of a multi-host run (nothing on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 if __name__ == "__main__":

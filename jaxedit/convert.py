@@ -26,6 +26,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_dtypes
@@ -298,10 +299,17 @@ def flat_to_state(
     return graphdef, state
 
 
-def state_to_flat(state) -> dict[tuple, np.ndarray]:
-    """`{state path: numpy array}` for every parameter of an NNX state."""
+def state_arrays(state) -> dict[tuple, Any]:
+    """`{state path: array}` for every parameter of an NNX state, as they are (device arrays)."""
     flat = {}
     for path, var in nnx.to_flat_state(state):
-        value = var.get_value() if hasattr(var, "get_value") else var.value
-        flat[tuple(path)] = np.asarray(value)
+        flat[tuple(path)] = var.get_value() if hasattr(var, "get_value") else var.value
     return flat
+
+
+def state_to_flat(state) -> dict[tuple, np.ndarray]:
+    """`{state path: numpy array}` for every parameter of an NNX state (gathered across hosts
+    when a sharded array spans several: then every process must call it)."""
+    from jaxedit.sharding import to_host
+
+    return {path: to_host(value) for path, value in state_arrays(state).items()}

@@ -292,7 +292,9 @@ def _place_state(mesh, state):
     out = {k: v for k, v in state.items() if k in ("it", "history")}
     r = state["done"].shape[0]
     rest = {k: v for k, v in state.items() if k not in out}
-    placed = jax.tree.map(lambda x: sharding.place_rows(mesh, x) if x.ndim and x.shape[0] == r else x, rest)
+    placed = jax.tree.map(
+        lambda x: sharding.place_rows(mesh, x) if x.ndim and x.shape[0] == r else x, rest
+    )
     return out | placed
 
 

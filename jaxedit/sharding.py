@@ -164,7 +164,9 @@ def data_size(mesh: Mesh | None) -> int:
     return 1 if mesh is None else mesh.shape[_D]
 
 
-def initialize_distributed(coordinator: str, num_processes: int, process_id: int, *, timeout_s: int = 300) -> None:
+def initialize_distributed(
+    coordinator: str, num_processes: int, process_id: int, *, timeout_s: int = 300
+) -> None:
     """`jax.distributed.initialize` for a multi-host run (call it before any other JAX call).
 
     On CPU the cross-process collectives use gloo (XLA's CPU default has none across processes).
@@ -245,7 +247,7 @@ def place_square(mesh: Mesh | None, x):
 
 
 def _path_str(path) -> str:
-    """"model/layers/0/mlp/down_proj/kernel" for a pytree path into an `nnx.State` (the trailing
+    """ "model/layers/0/mlp/down_proj/kernel" for a pytree path into an `nnx.State` (the trailing
     `.value` of the Variable dropped)."""
     keys = [p for p in path if not isinstance(p, jax.tree_util.GetAttrKey)]
     return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in keys)

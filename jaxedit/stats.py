@@ -63,15 +63,18 @@ def model_fingerprint(model: LanguageModel, max_layer: int) -> str:
     if model.config.matmul_precision != "highest":  # C0 of the same weights at another precision
         h.update(model.config.matmul_precision.encode())
     for path, value in sorted(
-        convert.state_to_flat(model.params).items(), key=lambda kv: str(kv[0])
+        convert.state_arrays(model.params).items(), key=lambda kv: str(kv[0])
     ):
         layer = next((p for p in path if isinstance(p, int)), None)
         if layer is not None and layer > max_layer:
             continue
-        flat = sharding.to_host(value).reshape(-1)
-        stride = max(1, flat.size // 65536)
-        h.update(str(path).encode() + str(flat.shape).encode() + str(flat.dtype).encode())
-        h.update(np.ascontiguousarray(flat[::stride]).tobytes())
+        size = int(np.prod(value.shape))
+        stride = max(1, size // 65536)
+        # The strided sample is taken where the array lives (only it is gathered across hosts).
+        sample = sharding.to_host(jnp.ravel(value)[::stride]) if stride > 1 else None
+        sample = sharding.to_host(value).reshape(-1) if sample is None else sample
+        h.update(str(path).encode() + str((size,)).encode() + str(value.dtype).encode())
+        h.update(np.ascontiguousarray(sample).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -171,9 +174,7 @@ def collect_second_moments(
         count,
         time.perf_counter() - t_start,
     )
-    return {
-        layer: sharding.to_host(s) / np.float32(count) for layer, s in zip(layers, sums)
-    }, count
+    return {layer: sharding.to_host(s) / np.float32(count) for layer, s in zip(layers, sums)}, count
 
 
 def save_npz(path: Path, cov: np.ndarray, count: int, meta: dict | None = None) -> None:

@@ -189,4 +189,3 @@ def test_uneven_widths_fall_back_to_replication(gpt2_tok):
     for layer in (1, 2):
         a, b = kernels(base, ref_state)[layer], kernels(model, state)[layer]
         assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-5
-

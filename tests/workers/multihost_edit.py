@@ -52,7 +52,10 @@ def main(argv: list[str]) -> None:
     ed = editor.Editor(model, cfg, stats.LayerStats(cov=cov), cfg.templates)
     state, steps = ed.init_state(), []
     for batch in (
-        [EditRequest(0, "I like {}", "Paris", " Rome"), EditRequest(1, "We met {}", "John", " piano")],
+        [
+            EditRequest(0, "I like {}", "Paris", " Rome"),
+            EditRequest(1, "We met {}", "John", " piano"),
+        ],
         [EditRequest(2, "They drink {}", "coffee", " snow")],
     ):
         state, report = ed.apply(state, batch)

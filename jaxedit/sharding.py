@@ -187,7 +187,7 @@ def initialize_distributed(
 
 
 def _fit(mesh: Mesh, shape: Sequence[int], axes: Sequence[Any]) -> PartitionSpec:
-    """`axes` with every mesh axis (or tuple of axes) that does not divide its array axis dropped."""
+    """`axes`, less every mesh axis (or tuple of axes) that does not divide its array axis."""
     out = []
     for dim, ax in zip(shape, axes):
         names = ax if isinstance(ax, tuple) else (ax,) if ax else ()

@@ -5,10 +5,10 @@ Needs 8 devices: `.ci/run` runs this file in its own pytest process with
 `bash scripts/test.sh -m mesh tests/test_mesh.py`. In the default suite it is deselected (marker
 `mesh`), and with fewer devices it skips, saying so.
 
-On a tiny Llama (GQA) and a tiny GPT-2 whose widths divide 8, for ENCORE and AlphaEdit: two sequential
-batches on meshes 1×8, 2×4 and 8×1 against the single-device run: stop steps equal, edited kernels
-within 1e-5 relative, and every device holds exactly its share of every sharded array (from the
-arrays' shardings). Also C0 accumulated with corpus batches split over `data`.
+On a tiny Llama (GQA) and a tiny GPT-2 whose widths divide 8, for ENCORE and AlphaEdit: two
+sequential batches on meshes 1×8, 2×4 and 8×1 against the single-device run: stop steps equal,
+edited kernels within 1e-5 relative, and every device holds exactly its share of every sharded
+array (from the arrays' shardings). Also C0 accumulated with corpus batches split over `data`.
 """
 
 from __future__ import annotations

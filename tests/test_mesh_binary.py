@@ -26,7 +26,8 @@ from jaxedit.lm import LanguageModel
 pytestmark = pytest.mark.mesh
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
-REQUESTS = testing.EDIT_REQUESTS + [
+REQUESTS = [
+    *testing.EDIT_REQUESTS,
     {
         "case_id": 9,
         "prompt": "{} plays the",

@@ -151,7 +151,7 @@ def make_mesh(
     """A `Mesh(("data", "model"))` over `devices` (default: every device of every process), from a
     `--mesh` string or a parsed dict; None for a single-device run."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = parse_mesh(spec, len(devices)) if isinstance(spec, (str, type(None))) else spec
+    sizes = parse_mesh(spec or "", len(devices)) if isinstance(spec, (str, type(None))) else spec
     if sizes is None:
         return None
     if "auto" in sizes:

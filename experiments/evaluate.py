@@ -26,6 +26,7 @@ from pathlib import Path
 
 import cli  # experiments/cli.py: the user-error rule
 import console  # experiments/console.py: --help sections, --verbose, start-up noise kept off
+import jax
 from absl import flags, logging
 
 import jaxedit
@@ -35,6 +36,7 @@ from jaxedit import requests as requests_lib
 import paths  # experiments/paths.py: the binaries' default data folders
 
 FLAGS = flags.FLAGS
+cli.define_mesh_flags()
 flags.DEFINE_string(
     "model", "smollm2-135m", "Preset, HF directory (e.g. from edit.py --export_dir) or GGUF."
 )
@@ -92,6 +94,7 @@ __doc__ = console.help_sections(
     __doc__,
     [
         ("model and output", ["model", "out"]),
+        ("devices and hosts", ["mesh", "coordinator", "num_processes", "process_id"]),
         ("editing metrics (CounterFact/zsRE)", ["data_path", "dataset", "start", "num_records"]),
         (
             "downstream tasks",
@@ -199,7 +202,11 @@ def check_inputs() -> list[requests_lib.EditRequest]:
 def main(argv):
     del argv
     reqs = check_inputs()
-    model = jaxedit.load(FLAGS.model)
+    cli.start_processes()
+    writer = jax.process_index() == 0  # a multi-host run: process 0 writes and prints
+    if not writer:
+        logging.set_verbosity(logging.ERROR)
+    model = cli.shard_model(jaxedit.load(FLAGS.model))
     if model.tokenizer is None:
         raise cli.UserError(
             f"--model={FLAGS.model} has no tokenizer (fix: save the tokenizer files beside the "
@@ -211,7 +218,8 @@ def main(argv):
     if FLAGS.downstream:
         out["downstream"] = run_downstream(model)
     Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(FLAGS.out).write_text(json.dumps(out, indent=1))
+    if writer:
+        Path(FLAGS.out).write_text(json.dumps(out, indent=1))
     summary = {}
     if FLAGS.data_path:
         logging.info("scores: %s", out["scores"])
@@ -221,7 +229,8 @@ def main(argv):
             t: {k: r[k] for k in ("f1", "f1_new", "mcc", "correct", "invalid", "total", "time_s")}
             for t, r in out["downstream"]["results"].items()
         }
-    print(json.dumps(summary))
+    if writer:
+        print(json.dumps(summary))
 
 
 def edit_metrics(model, reqs: list[requests_lib.EditRequest]) -> dict:

@@ -318,7 +318,7 @@ class Editor:
             dw = self._solve(layer, keys, resid, prev)
             new_kernel = sharding.reshard(_add_rounded(start[layer], dw), start[layer])
             params = _with_kernels(params, mcfg, {layer: new_kernel})
-            deltas[layer] = dw.astype(jnp.float32)
+            deltas[layer] = sharding.reshard(dw.astype(jnp.float32), start[layer])
             keys_out[layer] = keys
             if self.uses_prev_cache:
                 kkt = solve.key_gram(keys.astype(state.prev_kkt[layer].dtype))

@@ -11,4 +11,4 @@ for dt in float32 bfloat16; do
     --dtype=$dt --stats_samples=600 --eval_batches=false --generation_fraction=0 \
     --workdir="$OUT/$dt"
 done
-.venv/bin/python scripts/compare_dtypes.py "$OUT/float32" "$OUT/bfloat16"
+.venv/bin/python scripts/compare_runs.py "$OUT/float32" "$OUT/bfloat16"

@@ -46,8 +46,21 @@ def test_notebook_is_committed_clean():
     assert len(tagged) == 1 and "JAXEDIT_NOTEBOOK_TINY" in "".join(tagged[0]["source"])
 
 
-@pytest.mark.slow  # a Jupyter kernel editing a tiny model (≈ 1 min); CI runs it (.ci/run: -m slow)
-def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch):
+# A Jupyter kernel editing a tiny model (≈ 1 min); CI runs it (.ci/run: -m slow), and once more on a
+# data:2,model:4 mesh of eight CPU devices in the mesh pass (-m mesh; the kernel inherits XLA_FLAGS).
+@pytest.mark.parametrize(
+    "mesh",
+    [
+        pytest.param("", marks=pytest.mark.slow, id="one-device"),
+        pytest.param("data:2,model:4", marks=pytest.mark.mesh, id="mesh-2x4"),
+    ],
+)
+def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch, mesh):
+    if mesh:
+        import jax
+
+        if jax.device_count() < 8:
+            pytest.skip("needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
     nbformat = pytest.importorskip(
         "nbformat", reason="nbformat is not installed (pip install -e '.[test]')"
     )
@@ -78,6 +91,7 @@ def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("JAXEDIT_NOTEBOOK_TINY", "1")
+    monkeypatch.setenv("JAXEDIT_NOTEBOOK_MESH", mesh)
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("JAXEDIT_DATA", str(data))
     monkeypatch.setenv("JAXEDIT_CACHE", str(tmp_path / "cache"))
@@ -94,6 +108,8 @@ def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch):
     client.execute()  # raises CellExecutionError (with the cell's traceback) on any error
 
     cells = _cells(nb)
+    want = "{'data': 2, 'model': 4}" if mesh else "none (one device)"
+    assert f"mesh {want}" in _text(cells["model"]), _text(cells["model"])
     assert "tiny mode" in _text(cells["install"]) or "is installed" in _text(cells["install"])
     assert "cpu" in _text(cells["install"]).lower()
     edit = _text(cells["edit"])

@@ -1,7 +1,9 @@
-"""Compares two edit.py run directories of the same edits (e.g. fp32 and bf16 weights): stop steps,
-final ES/PS/NS/S, target probabilities, edited-layer norms and time per edit.
+"""Compares two edit.py run directories of the same edits (fp32 vs bf16 weights, one device vs a
+mesh): stop steps, final ES/PS/NS/S (when evaluated), target probabilities, edited-layer norms,
+time per edit, and the edited kernels of the two newest checkpoints (relative Frobenius
+difference per layer).
 
-    python scripts/compare_dtypes.py RUN_A RUN_B
+    python scripts/compare_runs.py RUN_A RUN_B
 """
 
 import json
@@ -12,6 +14,20 @@ from pathlib import Path
 def load(run: Path) -> tuple[list[dict], dict]:
     batches = [json.loads(line) for line in (run / "batches.jsonl").read_text().splitlines()]
     return batches, json.loads((run / "final.json").read_text())
+
+
+def kernel_difference(a: Path, b: Path) -> dict[str, float]:
+    """‖W_a − W_b‖_F / ‖W_a‖_F per edited kernel of the newest checkpoint steps."""
+    import numpy as np
+
+    from jaxedit import checkpoint
+
+    (_, xa, _), (_, xb, _) = checkpoint.restore(a / "checkpoint"), checkpoint.restore(b / "checkpoint")
+    out = {}
+    for k in sorted(x for x in xa if x.startswith("kernel")):
+        wa, wb = (np.asarray(x[k], np.float64) for x in (xa, xb))
+        out[k] = float(np.linalg.norm(wa - wb) / np.linalg.norm(wa))
+    return out
 
 
 def per_edit(batches: list[dict], skip: int = 0) -> float:
@@ -32,7 +48,7 @@ def main(a: Path, b: Path) -> None:
         f"stop steps: equal {equal}/{n}, within one {close}/{n}; mean {sum(sa) / n:.2f} vs "
         f"{sum(sb) / n:.2f}"
     )
-    for k in ("ES", "PS", "NS", "S"):
+    for k in ("ES", "PS", "NS", "S") if "after" in fa and "after" in fb else ():
         print(
             f"{k}: after {fa['after'][k]:.1f} vs {fb['after'][k]:.1f}; unedited "
             f"{fa['before'][k]:.1f} vs {fb['before'][k]:.1f}"
@@ -51,6 +67,9 @@ def main(a: Path, b: Path) -> None:
         f"s/edit {per_edit(ba):.2f} vs {per_edit(bb):.2f} (without batch 1: "
         f"{per_edit(ba, 1):.2f} vs {per_edit(bb, 1):.2f})"
     )
+    diff = kernel_difference(a, b)
+    print("edited kernels, relative difference:", {k: f"{v:.2e}" for k, v in diff.items()})
+    print(f"max relative kernel difference {max(diff.values()):.2e}")
 
 
 if __name__ == "__main__":

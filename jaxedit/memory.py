@@ -1,0 +1,346 @@
+"""Memory plans: per-device bytes of every editing stage, from executables compiled ahead of time.
+
+`plan(config, edit_cfg, mesh, ...)` builds the model abstractly (shapes and shardings, no
+weights), lowers and compiles each stage of one batch for `mesh` exactly as the editor runs it,
+and reads XLA's own buffer assignment (`Compiled.memory_analysis()`): argument, temporary and
+output bytes per device. Stages:
+
+- `search_prepare`: the clean pass over every search row (`r` requests × (rewriting prompts + the
+  KL prompt)), which also caches the later blocks' keys and values;
+- `search_loop`: the jitted `lax.while_loop` (forward from the edited layer on the window, the
+  gradient with respect to δ, Adam);
+- `keys`: keys and the current output at one edited layer (`editor.keys_and_current`);
+- `stats`: one C0 accumulation step (`stats._accumulate`, all edited layers);
+- `solve`: the method's closed form for one layer; `projector` (AlphaEdit): P from C0;
+- `update`: W + ΔW rounded to the weight dtype.
+
+Besides its own arguments a stage runs while other arrays stay resident: the weights, C0 (and for
+AlphaEdit the projector) and the previous-edit cache of every edited layer, and the edit journal
+(the last batch's ΔW in float32 and the kernels before it). A stage's `peak_bytes` is the resident
+arrays + its other inputs + its temporaries + its outputs (less donated aliases); XLA's
+`argument_bytes` are reported too, but they omit the inputs a stage does not read (jit prunes
+them). The plan's peak is the largest stage peak. Sizes are per device (the arrays' shards). CPU, GPU and
+TPU compilers assign buffers differently (fusion, layouts): a plan compiled on CPU is an estimate
+for an accelerator; compiled on the target backend it is that backend's own figure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxedit import editor, search, sharding, solve, stats
+from jaxedit.config import EditConfig
+from jaxedit.models import ModelConfig, build_abstract, rewrite_path
+from jaxedit.prompts import KeyBatch, SearchBatch
+
+__all__ = ["HARDWARE", "Shapes", "plan", "fits", "advice"]
+
+GiB = 1024**3
+# Usable memory per device (bytes): HBM per TPU core / GPU.
+HARDWARE: dict[str, int] = {
+    "TPU v2-8": 8 * GiB,
+    "TPU v3-8": 16 * GiB,
+    "TPU v5e-1": 16 * GiB,
+    "TPU v5e-4": 16 * GiB,
+    "TPU v5e-8": 16 * GiB,
+    "A100-40": 40 * GiB,
+    "A100-80": 80 * GiB,
+    "H100-80": 80 * GiB,
+    "H200-141": 141 * GiB,
+}
+# Devices of each named machine: a mesh must use exactly these many.
+HARDWARE_DEVICES: dict[str, int] = {
+    "TPU v2-8": 8,
+    "TPU v3-8": 8,
+    "TPU v5e-1": 1,
+    "TPU v5e-4": 4,
+    "TPU v5e-8": 8,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """The padded shapes a batch runs at (the editor buckets real prompts to these).
+
+    Attributes:
+      batch_size: requests per batch (padded like the editor: 100 stays 100).
+      prompt_len: padded prompt length of the search and key rows.
+      window_len: positions the search loop re-runs per row.
+      target_len: padded target tokens per row.
+      num_rewrite: rewriting prompts per request (context templates; the KL prompt is one more).
+      num_key_contexts: key prompts per request.
+      stats_len: padded document length of a C0 step (rows = stats_tokens // stats_len).
+      stats_tokens: padded tokens per C0 step.
+    """
+
+    batch_size: int = 100
+    prompt_len: int = 32
+    window_len: int = 8
+    target_len: int = 4
+    num_rewrite: int = 6
+    num_key_contexts: int = 6
+    stats_len: int = 512
+    stats_tokens: int = 4096
+
+
+def _named(mesh, spec) -> NamedSharding:
+    return NamedSharding(mesh, spec)
+
+
+def _sds(shape, dtype, mesh, spec=None) -> jax.ShapeDtypeStruct:
+    spec = PartitionSpec() if spec is None else spec
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=_named(mesh, spec))
+
+
+def _rows(shape, dtype, mesh) -> jax.ShapeDtypeStruct:
+    return _sds(shape, dtype, mesh, sharding.rows_spec(mesh, shape))
+
+
+def _square(f: int, dtype, mesh) -> jax.ShapeDtypeStruct:
+    return _sds((f, f), dtype, mesh, sharding.square_spec(mesh, (f, f)))
+
+
+def device_bytes(x: jax.ShapeDtypeStruct) -> int:
+    """Bytes of one device's shard of `x`."""
+    shard = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+    return int(math.prod(shard)) * jnp.dtype(x.dtype).itemsize
+
+
+def abstract_model(config: ModelConfig, dtype, mesh):
+    """(graphdef, params) with `ShapeDtypeStruct` leaves placed by the rule table."""
+    graphdef, state = nnx.split(build_abstract(config, dtype=dtype))
+
+    def one(path, x):
+        spec = sharding.param_spec(config.family, sharding._path_str(path), x.shape, mesh)
+        return _sds(x.shape, x.dtype, mesh, spec)
+
+    return graphdef, jax.tree_util.tree_map_with_path(one, state)
+
+
+def _analysis(lowered) -> dict[str, int]:
+    m = lowered.compile().memory_analysis()
+    alias = int(getattr(m, "alias_size_in_bytes", 0))
+    return {
+        "argument_bytes": int(m.argument_size_in_bytes),
+        "temp_bytes": int(m.temp_size_in_bytes),
+        "output_bytes": int(m.output_size_in_bytes),
+        "alias_bytes": alias,
+    }
+
+
+def _with_rows(tree, r: int, mesh):
+    """Abstract leaves of an `eval_shape` result: `[r, ...]` leaves over data, others replicated."""
+
+    def one(x):
+        if x.ndim and x.shape[0] == r:
+            return _rows(x.shape, x.dtype, mesh)
+        return _sds(x.shape, x.dtype, mesh)
+
+    return jax.tree.map(one, tree)
+
+
+def plan(
+    config: ModelConfig,
+    cfg: EditConfig,
+    mesh,
+    *,
+    dtype="bfloat16",
+    shapes: Shapes = Shapes(),
+    cache: dict | None = None,
+) -> dict[str, Any]:
+    """The memory plan of one batch of `cfg` on `mesh` (see the module docstring). `cache` (a dict
+    the caller keeps) reuses the compiled model stages across methods with the same layers.
+
+    Returns `{"stages": {name: {"argument_bytes", "temp_bytes", "output_bytes", "peak_bytes",
+    ...}}, "resident": {what: bytes}, "peak_bytes", "peak_stage"}`, bytes per device.
+    """
+    graphdef, params = abstract_model(config, dtype, mesh)
+    f, d = config.intermediate_size, config.hidden_size
+    s = shapes
+    data = sharding.data_size(mesh)
+    r = -(-s.batch_size // data) * data
+    g = s.num_rewrite + 1
+    t, p, w = s.prompt_len, s.target_len, s.window_len
+    z = cfg.z_layer
+    i32, f32 = jnp.int32, jnp.float32
+    prev_cache = cfg.method == "AlphaEdit" or (
+        cfg.method in ("MEMIT_seq", "ENCORE") and cfg.solve.add_prev_edits
+    )
+    n_layers = len(cfg.layers)
+    param_bytes = sum(device_bytes(x) for x in jax.tree.leaves(params))
+    kernel = editor._get(params, rewrite_path(config, cfg.layers[0])).get_value()
+    square = _square(f, f32, mesh)
+    sq_bytes = device_bytes(square)
+    dw = _sds((f, d), f32, mesh, kernel.sharding.spec)  # ΔW is kept in the kernel's sharding
+    resident = {
+        "weights": param_bytes,
+        "C0": n_layers * sq_bytes,
+        "previous-edit caches": n_layers * sq_bytes if prev_cache else 0,
+        "projectors": n_layers * sq_bytes if cfg.method == "AlphaEdit" else 0,
+        # The last batch's ΔW (float32) and the kernels before it (rollback), and the unedited
+        # kernels the editor's model keeps.
+        "journal": n_layers * (device_bytes(dw) + 2 * device_bytes(kernel)),
+    }
+    total_resident = sum(resident.values())
+    stages: dict[str, dict[str, int]] = {}
+    cache = {} if cache is None else cache
+    model_key = (config, str(dtype), tuple(mesh.shape.items()), cfg.layers, z, shapes)
+
+    def add(name, make, inputs=lambda: (), resident: int | None = None):
+        """Compiles `make()` (once per model stage: `cache`); the peak adds the resident arrays
+        (`resident`, default all) and the stage's other inputs (`inputs()`, abstract)."""
+        key = (model_key, name, cfg.method if name in ("solve", "projector") else None)
+        if key not in cache:
+            cache[key] = _analysis(make())
+            cache[key]["input_bytes"] = sum(device_bytes(x) for x in jax.tree.leaves(inputs()))
+        a = dict(cache[key])
+        a["resident_bytes"] = total_resident if resident is None else resident
+        a["peak_bytes"] = (
+            a["resident_bytes"]
+            + a["input_bytes"]
+            + a["temp_bytes"]
+            + a["output_bytes"]
+            - a["alias_bytes"]
+        )
+        stages[name] = a
+
+    # Search.
+    batch = SearchBatch(
+        input_ids=_rows((r, g, t), i32, mesh),
+        mask=_rows((r, g, t), i32, mesh),
+        lookup=_rows((r, g), i32, mesh),
+        target_pos=_rows((r, g, p), i32, mesh),
+        target_ids=_rows((r, g, p), i32, mesh),
+        target_mask=_rows((r, g, p), f32, mesh),
+        valid=_rows((r,), jnp.bool_, mesh),
+        window_start=_rows((r, g), i32, mesh),
+        window_len=w,
+    )
+    hp = cfg.search
+    add(
+        "search_prepare",
+        lambda: search._prepare.lower(graphdef, params, batch, hp, z),
+        lambda: batch,
+    )
+
+    def loop_inputs():
+        ctx, state = jax.eval_shape(lambda b: search._prepare(graphdef, params, b, hp, z), batch)
+        return _with_rows(ctx, r, mesh), _with_rows(state, r, mesh)
+
+    def loop():
+        ctx, state = loop_inputs()
+        return search._run.lower(graphdef, params, ctx, state, hp, z, _sds((), i32, mesh))
+
+    add("search_loop", loop, loop_inputs)  # its inputs: the cached keys/values, h0, q0, ...
+    # Keys at one layer.
+    c = s.num_key_contexts
+    kb = KeyBatch(
+        input_ids=_rows((r, c, t), i32, mesh),
+        mask=_rows((r, c, t), i32, mesh),
+        lookup=_rows((r, c), i32, mesh),
+        groups=(1, c - 1),
+    )
+    add(
+        "keys",
+        lambda: editor.keys_and_current.lower(graphdef, params, kb, cfg.layers[-1], z),
+        lambda: kb,
+    )
+    # One C0 step (all edited layers at once), before any edit: the weights are resident, the
+    # sums (what C0 becomes) are its inputs.
+    rows = -(-max(1, s.stats_tokens // s.stats_len) // data) * data
+    sums = tuple(square for _ in cfg.layers)
+    docs = (_rows((rows, s.stats_len), i32, mesh), _rows((rows, s.stats_len), i32, mesh))
+    add(
+        "stats",
+        lambda: stats._accumulate.lower(
+            graphdef, params, sums, *docs, tuple(sorted(cfg.layers))
+        ),
+        lambda: (sums, docs),
+        resident=param_bytes,
+    )
+    # The solve for one layer (C0, caches and projectors are resident).
+    n = s.batch_size
+    keys = _sds((f, n), f32, mesh)
+    resid = _sds((d, n), f32, mesh)
+    sv = cfg.solve
+    method = "cholesky" if sv.solver == "cholesky" else "lu"
+    if cfg.method == "AlphaEdit":
+        add(
+            "projector",  # once, before the first batch: its output is the resident projector
+            lambda: solve.null_space_projector.lower(square, float(sv.nullspace_threshold)),
+            resident=total_resident - resident["projectors"] // n_layers,
+        )
+        make = lambda: solve.alphaedit_update.lower(  # noqa: E731
+            keys, resid, square, square, l2=float(sv.l2)
+        )
+    elif cfg.method == "EMMET":
+        make = lambda: solve.emmet_update.lower(  # noqa: E731
+            keys,
+            resid,
+            square,
+            cov_weight=float(sv.cov_weight),
+            norm_lambda=float(sv.norm_lambda),
+            emmet_lambda=float(sv.emmet_lambda),
+            method=method,
+        )
+    else:
+        make = lambda: solve.memit_update.lower(  # noqa: E731
+            keys,
+            resid,
+            square,
+            cov_weight=float(sv.cov_weight),
+            norm_lambda=float(sv.norm_lambda),
+            prev_kkt=square if prev_cache else None,
+            method=method,
+        )
+    add("solve", make, lambda: (keys, resid))
+    add("update", lambda: editor._add_rounded.lower(kernel, dw))
+    peak_stage = max(stages, key=lambda k: stages[k]["peak_bytes"])
+    return {
+        "stages": stages,
+        "resident": resident,
+        "peak_bytes": stages[peak_stage]["peak_bytes"],
+        "peak_stage": peak_stage,
+        "mesh": dict(mesh.shape),
+        "devices": int(np.prod(list(mesh.shape.values()))),
+    }
+
+
+def fits(result: dict[str, Any], headroom: float = 0.9) -> dict[str, bool]:
+    """Per named hardware: the plan's mesh uses that many devices (where the machine has a fixed
+    count) and its peak is within `headroom` of a device's memory (XLA and the runtime keep some)."""
+    devices = result["devices"]
+    out = {}
+    for name, capacity in HARDWARE.items():
+        count_ok = name not in HARDWARE_DEVICES or HARDWARE_DEVICES[name] == devices
+        out[name] = bool(count_ok and result["peak_bytes"] <= headroom * capacity)
+    return out
+
+
+def advice(result: dict[str, Any], capacity: int) -> list[str]:
+    """Which knob helps when the plan does not fit a device of `capacity` bytes."""
+    tips = []
+    st, res = result["stages"], result["resident"]
+    if res["weights"] > 0.5 * capacity:
+        tips.append("weights dominate: more model shards (--mesh=data:1,model:N) or FSDP over data")
+    if result["peak_stage"].startswith("search"):
+        tips.append(
+            "the search dominates: a smaller --batch_size (rows and cached keys/values scale with "
+            "it), more data shards, or rematerialisation of the re-run blocks"
+        )
+    if result["peak_stage"] in ("solve", "projector") or st["solve"]["temp_bytes"] > 0.3 * capacity:
+        tips.append(
+            "the solve holds a whole [f, f] matrix per device (XLA has no partitioned "
+            "Cholesky/LU), so more shards do not shrink it: a device with more memory"
+        )
+    if res["C0"] + res["previous-edit caches"] + res["projectors"] > 0.3 * capacity:
+        tips.append("C0 / caches / projectors are large: more devices split their rows")
+    return tips or ["more devices or a smaller batch"]

@@ -28,29 +28,30 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                 os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_n}"
             ).strip()
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-import zlib  # noqa: E402
-from pathlib import Path  # noqa: E402
+import dataclasses
+import json
+import time
+import zlib
+from pathlib import Path
 
-import cli  # noqa: E402  (experiments/cli.py: the user-error rule)
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import paths  # noqa: E402  (experiments/paths.py: the default data folders)
-from absl import flags  # noqa: E402
-from flax import nnx  # noqa: E402
+import cli
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from flax import nnx
 
-from jaxedit import editor, hparams, memory, sharding, stats, testing  # noqa: E402
-from jaxedit import requests as requests_lib  # noqa: E402
-from jaxedit.lm import LanguageModel  # noqa: E402
-from jaxedit.models import build, presets  # noqa: E402
+from jaxedit import editor, hparams, memory, sharding, stats, testing
+from jaxedit import requests as requests_lib
+from jaxedit.lm import LanguageModel
+from jaxedit.models import build, presets
+
+import paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("mesh", "data:1,model:8", "Mesh 'data:D,model:M'; empty: one device.")
-flags.DEFINE_integer("num_layers", 4, "Blocks of the Llama-3-8B-shaped model.", lower_bound=2)
-flags.DEFINE_list("layers", ["1", "2"], "Edited layers (the last is the target layer).")
+flags.DEFINE_integer("num_layers", 3, "Blocks of the Llama-3-8B-shaped model.", lower_bound=2)
+flags.DEFINE_list("layers", ["1"], "Edited layers (the last is the target layer).")
 flags.DEFINE_integer("batch_size", 4, "Requests per batch.", lower_bound=1)
 flags.DEFINE_integer("num_steps", 5, "Search steps.", lower_bound=2)
 flags.DEFINE_string("method", "ENCORE", "Editing method (the paper's Llama-3-8B setting).")
@@ -130,7 +131,9 @@ def main(argv):
     batches = [reqs[: FLAGS.batch_size], reqs[FLAGS.batch_size :]]
     figures: dict = {}
     devices = 1 if mesh is None else mesh.devices.size
-    print(f"llama3_8b-shaped, {arch.num_layers} blocks, bf16, {devices} device(s), mesh {FLAGS.mesh}")
+    print(
+        f"llama3_8b-shaped, {arch.num_layers} blocks, bf16, {devices} device(s), mesh {FLAGS.mesh}"
+    )
 
     base = _status("VmRSS")  # JAX started, nothing built
     graphdef, params = stage(
@@ -138,7 +141,9 @@ def main(argv):
     )
     model = LanguageModel(arch, tok, graphdef, params, source="llama3_8b-shaped", mesh=mesh)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    corpus = stats.read_corpus(paths.shared_dir() / "data" / "text" / "wikitext-2-raw.wiki.test.raw", 64)
+    corpus = stats.read_corpus(
+        paths.shared_dir() / "data" / "text" / "wikitext-2-raw.wiki.test.raw", 64
+    )
     docs = [tok(t)["input_ids"][:64] for t in corpus]
     cov, _ = stage(
         "stats",
@@ -156,9 +161,7 @@ def main(argv):
     state, _ = ed.apply(state, batches[0])  # batch 1: compiles, and leaves a journal
     res, _ = stage("search", lambda: ed.search(state.params, batches[1]), figures, base)
     targets = sharding.to_host(res.targets)[: len(batches[1])]
-    state, _ = stage(
-        "update", lambda: ed.apply(state, batches[1], targets=targets), figures, base
-    )
+    state, _ = stage("update", lambda: ed.apply(state, batches[1], targets=targets), figures, base)
 
     # The plan for the same run: the shapes the editor used.
     sb, _ = editor.build_search_batch(

@@ -63,9 +63,7 @@ flags.DEFINE_string(
     "model", "llama3_8b", f"Architecture: one of {', '.join(presets.ARCHITECTURES)}."
 )
 flags.DEFINE_integer("num_layers", None, "Blocks (default: the architecture's).", lower_bound=1)
-flags.DEFINE_string(
-    "mesh", "data:1,model:8", "Mesh 'data:D,model:M'; several separated by spaces."
-)
+flags.DEFINE_string("mesh", "data:1,model:8", "Mesh 'data:D,model:M'; several separated by spaces.")
 flags.DEFINE_string("method", "ENCORE", "MEMIT, MEMIT_seq, ENCORE, AlphaEdit, EMMET (comma list).")
 flags.DEFINE_integer("batch_size", 100, "Requests per batch.", lower_bound=1)
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16", "float32"], "Weight dtype.")

@@ -41,7 +41,7 @@ from jaxedit.config import EditConfig
 from jaxedit.models import ModelConfig, build_abstract, rewrite_path
 from jaxedit.prompts import KeyBatch, SearchBatch
 
-__all__ = ["HARDWARE", "Shapes", "plan", "fits", "advice"]
+__all__ = ["HARDWARE", "Shapes", "advice", "fits", "plan"]
 
 GiB = 1024**3
 # Usable memory per device (bytes): HBM per TPU core / GPU.
@@ -260,9 +260,7 @@ def plan(
     docs = (_rows((rows, s.stats_len), i32, mesh), _rows((rows, s.stats_len), i32, mesh))
     add(
         "stats",
-        lambda: stats._accumulate.lower(
-            graphdef, params, sums, *docs, tuple(sorted(cfg.layers))
-        ),
+        lambda: stats._accumulate.lower(graphdef, params, sums, *docs, tuple(sorted(cfg.layers))),
         lambda: (sums, docs),
         resident=param_bytes,
     )

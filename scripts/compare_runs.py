@@ -22,7 +22,10 @@ def kernel_difference(a: Path, b: Path) -> dict[str, float]:
 
     from jaxedit import checkpoint
 
-    (_, xa, _), (_, xb, _) = checkpoint.restore(a / "checkpoint"), checkpoint.restore(b / "checkpoint")
+    (_, xa, _), (_, xb, _) = (
+        checkpoint.restore(a / "checkpoint"),
+        checkpoint.restore(b / "checkpoint"),
+    )
     out = {}
     for k in sorted(x for x in xa if x.startswith("kernel")):
         wa, wb = (np.asarray(x[k], np.float64) for x in (xa, xb))

@@ -20,6 +20,7 @@ assignment, an estimate for an accelerator. Run it on the accelerator for that b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -31,10 +32,8 @@ def _devices_needed(argv: list[str]) -> int:
         if arg.startswith("--mesh="):
             for spec in arg.split("=", 1)[1].split():
                 sizes = dict(p.split(":") for p in spec.split(",") if ":" in p)
-                try:
+                with contextlib.suppress(ValueError):  # the flag's own check names it
                     need = max(need, int(sizes.get("data", 1)) * int(sizes.get("model", 1)))
-                except ValueError:
-                    pass  # the flag's own check names the problem
     return need
 
 

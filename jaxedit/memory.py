@@ -19,9 +19,12 @@ AlphaEdit the projector) and the previous-edit cache of every edited layer, and 
 (the last batch's ΔW in float32 and the kernels before it). A stage's `peak_bytes` is the resident
 arrays + its other inputs + its temporaries + its outputs (less donated aliases); XLA's
 `argument_bytes` are reported too, but they omit the inputs a stage does not read (jit prunes
-them). The plan's peak is the largest stage peak. Sizes are per device (the arrays' shards). CPU, GPU and
-TPU compilers assign buffers differently (fusion, layouts): a plan compiled on CPU is an estimate
-for an accelerator; compiled on the target backend it is that backend's own figure.
+them). The plan's peak is the largest stage peak. Sizes are per device (the arrays' shards).
+CPU, GPU and TPU compilers assign buffers differently (fusion, layouts): a plan compiled on CPU
+is an estimate for an accelerator; compiled on the target backend it is that backend's own figure.
+One CPU-only cost is large: XLA:CPU has no bf16 matmul, so it converts bf16 weights to float32
+copies for the dots of a pass (temporaries of about 2× the weights the pass reads); GPUs and TPUs
+multiply bf16 directly.
 """
 
 from __future__ import annotations
@@ -95,16 +98,16 @@ def _named(mesh, spec) -> NamedSharding:
     return NamedSharding(mesh, spec)
 
 
-def _sds(shape, dtype, mesh, spec=None) -> jax.ShapeDtypeStruct:
+def _sds(shape, dtype, mesh, spec=None) -> Any:  # a jax.ShapeDtypeStruct, typed as an array
     spec = PartitionSpec() if spec is None else spec
     return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=_named(mesh, spec))
 
 
-def _rows(shape, dtype, mesh) -> jax.ShapeDtypeStruct:
+def _rows(shape, dtype, mesh) -> Any:
     return _sds(shape, dtype, mesh, sharding.rows_spec(mesh, shape))
 
 
-def _square(f: int, dtype, mesh) -> jax.ShapeDtypeStruct:
+def _square(f: int, dtype, mesh) -> Any:
     return _sds((f, f), dtype, mesh, sharding.square_spec(mesh, (f, f)))
 
 
@@ -314,7 +317,7 @@ def plan(
 
 def fits(result: dict[str, Any], headroom: float = 0.9) -> dict[str, bool]:
     """Per named hardware: the plan's mesh uses that many devices (where the machine has a fixed
-    count) and its peak is within `headroom` of a device's memory (XLA and the runtime keep some)."""
+    count) and its peak is within `headroom` of a device's memory (the runtime keeps some)."""
     devices = result["devices"]
     out = {}
     for name, capacity in HARDWARE.items():

@@ -46,8 +46,9 @@ def test_notebook_is_committed_clean():
     assert len(tagged) == 1 and "JAXEDIT_NOTEBOOK_TINY" in "".join(tagged[0]["source"])
 
 
-# A Jupyter kernel editing a tiny model (≈ 1 min); CI runs it (.ci/run: -m slow), and once more on a
-# data:2,model:4 mesh of eight CPU devices in the mesh pass (-m mesh; the kernel inherits XLA_FLAGS).
+# A Jupyter kernel editing a tiny model (≈ 1 min); CI runs it (.ci/run: -m slow), and once more on
+# a data:2,model:4 mesh of eight CPU devices in the mesh pass (-m mesh; the kernel inherits
+# XLA_FLAGS).
 @pytest.mark.parametrize(
     "mesh",
     [

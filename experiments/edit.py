@@ -461,8 +461,13 @@ def check_resumable(
     def norm(key, value):
         if key == "dtype" and value is None:  # run.json of runs before --dtype: always float32
             value = "float32"
-        if key == "config" and not templates and isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k != "templates"}
+        if key == "config" and isinstance(value, dict):
+            if not templates:
+                value = {k: v for k, v in value.items() if k != "templates"}
+            # How many requests are searched at once changes rounding only (like --mesh): a run
+            # may resume with another value; runs from before the field have none.
+            search = {k: v for k, v in value.get("search", {}).items() if k != "max_requests"}
+            value = {**value, "search": search}
         return json.dumps(value, default=str)
 
     diff = [k for k in keys if norm(k, old.get(k)) != norm(k, run.get(k))]

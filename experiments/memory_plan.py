@@ -7,8 +7,10 @@ The model is built abstractly (shapes and shardings only), each stage of a batch
 the mesh (the search's clean pass and loop at the batch's shapes, the key pass, a C0 step, the
 method's solve, AlphaEdit's projector, the weight update) and XLA's buffer assignment gives the
 argument, temporary and output bytes per device (`jaxedit.memory`). It prints them, the resident
-arrays, the peak, a fits / does-not-fit verdict for named hardware (a machine with a fixed device
-count must match the mesh's) and, where it does not fit, which knob helps. `--out` writes
+arrays, the peak as compiled, the accelerator estimate (compiled on CPU: without XLA:CPU's float32
+copies of bf16 weights, which GPUs and TPUs do not make), a fits / does-not-fit verdict for named
+hardware from the accelerator estimate (a machine with a fixed device count must match the mesh's)
+and, where it does not fit, which knob helps. `--out` writes
 `{"stages": {name: {"argument_bytes", "temp_bytes", "output_bytes", "peak_bytes"}},
 "peak_bytes", "fits": {hardware: bool}, ...}` (bytes per device).
 
@@ -21,6 +23,7 @@ assignment, an estimate for an accelerator. Run it on the accelerator for that b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 
@@ -65,6 +68,12 @@ flags.DEFINE_integer("num_layers", None, "Blocks (default: the architecture's)."
 flags.DEFINE_string("mesh", "data:1,model:8", "Mesh 'data:D,model:M'; several separated by spaces.")
 flags.DEFINE_string("method", "ENCORE", "MEMIT, MEMIT_seq, ENCORE, AlphaEdit, EMMET (comma list).")
 flags.DEFINE_integer("batch_size", 100, "Requests per batch.", lower_bound=1)
+flags.DEFINE_integer(
+    "search_requests",
+    0,
+    "Requests searched at once (the config's search.max_requests; 0 = the whole batch).",
+    lower_bound=0,
+)
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16", "float32"], "Weight dtype.")
 flags.DEFINE_integer("prompt_len", 32, "Padded length of the search and key prompts.")
 flags.DEFINE_integer("stats_len", 512, "Padded document length of a C0 step.")
@@ -83,8 +92,6 @@ def _config(method: str, model: str):
     name = {"MEMIT_seq": "MEMIT"}.get(method, method)
     cfg = hparams.paper_config(name, base)
     if method == "MEMIT_seq":
-        import dataclasses
-
         cfg = dataclasses.replace(cfg, method="MEMIT_seq")
     return cfg
 
@@ -95,6 +102,9 @@ def one_plan(model: str, method: str, mesh_text: str, cache: dict) -> dict:
     if FLAGS.num_layers:
         arch = presets.architecture(model, num_layers=FLAGS.num_layers)
     cfg = _config(method, model)
+    cfg = dataclasses.replace(
+        cfg, search=dataclasses.replace(cfg.search, max_requests=FLAGS.search_requests)
+    )
     if max(cfg.layers) >= arch.num_layers:
         raise cli.UserError(
             f"--num_layers={arch.num_layers}: {method} edits layers {list(cfg.layers)} (fix: "
@@ -111,6 +121,7 @@ def one_plan(model: str, method: str, mesh_text: str, cache: dict) -> dict:
         num_layers=arch.num_layers,
         method=method,
         batch_size=FLAGS.batch_size,
+        search_requests=FLAGS.search_requests or FLAGS.batch_size,
         dtype=FLAGS.dtype,
         fits=memory.fits(res),
         compile_s=round(time.perf_counter() - t0, 1),
@@ -126,16 +137,26 @@ def print_plan(res: dict) -> None:
     mesh = "×".join(str(v) for v in res["mesh"].values())
     print(
         f"\n{res['model']} ({res['num_layers']} blocks, {res['dtype']}), {res['method']}, batch "
-        f"{res['batch_size']}, mesh data×model {mesh} ({res['backend']}); GB per device:"
+        f"{res['batch_size']} (searched {res['search_requests']} at once), mesh data×model "
+        f"{mesh} ({res['backend']}); GB per device:"
     )
-    print(f"  {'stage':16s} {'arguments':>10s} {'temp':>8s} {'outputs':>8s} {'peak':>8s}")
+    print(
+        f"  {'stage':16s} {'arguments':>10s} {'temp':>8s} {'outputs':>8s} {'peak':>8s} "
+        f"{'accel. peak':>12s}"
+    )
     for name, st in res["stages"].items():
         print(
             f"  {name:16s} {_gb(st['argument_bytes']):>10s} {_gb(st['temp_bytes']):>8s} "
-            f"{_gb(st['output_bytes']):>8s} {_gb(st['peak_bytes']):>8s}"
+            f"{_gb(st['output_bytes']):>8s} {_gb(st['peak_bytes']):>8s} "
+            f"{_gb(st['accelerator_peak_bytes']):>12s}"
         )
     print("  resident:", ", ".join(f"{k} {_gb(v)}" for k, v in res["resident"].items() if v))
-    print(f"  peak {_gb(res['peak_bytes'])} GB per device ({res['peak_stage']})")
+    print(
+        f"  peak {_gb(res['peak_bytes'])} GB per device as compiled ({res['peak_stage']}); "
+        f"accelerator estimate {_gb(res['accelerator_peak_bytes'])} GB "
+        f"({res['accelerator_peak_stage']})"
+        + ("; XLA:CPU's bf16->f32 weight copies removed" if res["cpu_bf16_upcast_removed"] else "")
+    )
     print("  fits:", ", ".join(f"{hw} {'yes' if ok else 'no'}" for hw, ok in res["fits"].items()))
     shown = set()
     for hw, tips in res["advice"].items():

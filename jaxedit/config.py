@@ -59,6 +59,10 @@ class SearchConfig:
       mpes_prompts: "context" = rewriting prompts 1..n (the reference drops the bare prompt 0, quirk
         Q2); "all" = every rewriting prompt (clean).
       weight_decay_form: "norm" = ‖δ‖/‖h₀‖² (the reference, quirk Q1); "squared" = ‖δ‖²/‖h₀‖².
+      max_requests: > 0: search at most this many requests of a batch at once (the batch's
+        update is still one solve). Each request's search is independent of the others, so this
+        changes results only by float rounding; it bounds the search's memory, which grows with
+        the requests searched together (`experiments/memory_plan.py`). 0 = the whole batch.
     """
 
     lr: float = 0.5
@@ -71,12 +75,17 @@ class SearchConfig:
     mpes_patience: int = _static(0)
     mpes_prompts: str = _static("context")
     weight_decay_form: str = _static("norm")
+    max_requests: int = _static(0)
 
     def validate(self) -> None:
         if self.num_steps < 1:
             raise ConfigValueError(f"search.num_steps={self.num_steps}: must be >= 1")
         if self.mpes_patience < 0:
             raise ConfigValueError(f"search.mpes_patience={self.mpes_patience}: must be >= 0")
+        if self.max_requests < 0:
+            raise ConfigValueError(
+                f"search.max_requests={self.max_requests}: must be >= 0 (0 = the whole batch)"
+            )
         if self.mpes_prompts not in ("context", "all"):
             raise ConfigValueError(f"search.mpes_prompts={self.mpes_prompts!r}: 'context' or 'all'")
         if self.weight_decay_form not in ("norm", "squared"):

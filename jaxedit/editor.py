@@ -162,6 +162,13 @@ def keys_and_current(
     return keys.T, current.T
 
 
+def padded_search_size(n: int, data: int = 1) -> int:
+    """The search's padded request count for n requests: a few buckets, so a run compiles the
+    search a handful of times, and a multiple of the mesh's data size."""
+    size = bucket_in(n, (1, 2, 4, 8, 10, 16, 32, 50, 64, 100, 128), 64)
+    return -(-size // data) * data
+
+
 class Editor:
     """Applies batches of edit requests to a model, sequentially, with explicit state.
 
@@ -229,6 +236,35 @@ class Editor:
     # ---------------------------------------------------------------------------------------------
 
     def search(self, params, requests: Sequence[EditRequest]) -> tuple[SearchResult, list[dict]]:
+        """Target activations of `requests` (in chunks of `search.max_requests` when set; the
+        results are those of the real requests only, concatenated)."""
+        size = self.cfg.search.max_requests
+        if size <= 0 or len(requests) <= size:
+            return self._search(params, requests)
+        parts = [
+            self._search(params, requests[i : i + size]) for i in range(0, len(requests), size)
+        ]
+        infos = [info for _, chunk in parts for info in chunk]
+        counts = [len(chunk) for _, chunk in parts]
+
+        def cat(*xs, axis=0):  # the real requests' rows of each chunk, in order
+            rows = [sharding.to_host(x) for x in xs]
+            rows = [x[:c] if axis == 0 else x[:, :c] for x, c in zip(rows, counts)]
+            return np.concatenate(rows, axis=axis)
+
+        results = [res for res, _ in parts]
+        res = SearchResult(
+            targets=cat(*(r.targets for r in results)),
+            target_init=cat(*(r.target_init for r in results)),
+            delta=cat(*(r.delta for r in results)),
+            stop_steps=cat(*(r.stop_steps for r in results)),
+            target_prob=cat(*(r.target_prob for r in results)),
+            loss=cat(*(r.loss for r in results)),
+            history={k: cat(*(r.history[k] for r in results), axis=1) for k in results[0].history},
+        )
+        return res, infos
+
+    def _search(self, params, requests: Sequence[EditRequest]) -> tuple[SearchResult, list[dict]]:
         batch, infos = build_search_batch(
             self.model.tokenizer,
             requests,
@@ -242,11 +278,7 @@ class Editor:
         return res, infos
 
     def _padded_size(self, n: int) -> int:
-        """Batch sizes are padded to a few buckets so a run compiles the search a handful of
-        times (and to a multiple of the mesh's data size)."""
-        size = bucket_in(n, (1, 2, 4, 8, 10, 16, 32, 50, 64, 100, 128), 64)
-        data = sharding.data_size(self.mesh)
-        return -(-size // data) * data
+        return padded_search_size(n, sharding.data_size(self.mesh))
 
     def _solve(self, layer, keys, resid, prev):
         s, m = self.cfg.solve, self.cfg.method

@@ -169,7 +169,9 @@ def plan(
     f, d = config.intermediate_size, config.hidden_size
     s = shapes
     data = sharding.data_size(mesh)
-    r = -(-s.batch_size // data) * data
+    searched = min(s.batch_size, cfg.search.max_requests or s.batch_size)  # requests at once
+    r = editor.padded_search_size(searched, data)  # search rows, padded as the editor pads them
+    rk = -(-s.batch_size // data) * data  # key rows (pad_key_rows)
     g = s.num_rewrite + 1
     t, p, w = s.prompt_len, s.target_len, s.window_len
     z = cfg.z_layer
@@ -195,24 +197,32 @@ def plan(
     total_resident = sum(resident.values())
     stages: dict[str, dict[str, int]] = {}
     cache = {} if cache is None else cache
-    model_key = (config, str(dtype), tuple(mesh.shape.items()), cfg.layers, z, shapes)
+    model_key = (config, str(dtype), tuple(mesh.shape.items()), cfg.layers, z, shapes, r)
 
-    def add(name, make, inputs=lambda: (), resident: int | None = None):
-        """Compiles `make()` (once per model stage: `cache`); the peak adds the resident arrays
-        (`resident`, default all) and the stage's other inputs (`inputs()`, abstract)."""
+    # XLA:CPU converts bf16 weights to float32 copies for its dots (see the module docstring):
+    # compiled on CPU, each model pass is compiled once more with float32 weights (no converts) and
+    # that temporary size gives the accelerator estimate.
+    upcast = jax.default_backend() == "cpu" and jnp.dtype(dtype).itemsize < 4
+    model32 = abstract_model(config, "float32", mesh) if upcast else None
+
+    def add(name, make, inputs=lambda: (), resident: int | None = None, model_pass=False):
+        """Compiles `make()` (`make(graphdef, params)` for a model pass; once per model stage:
+        `cache`); the peak adds the resident arrays (`resident`, default all) and the stage's
+        other inputs (`inputs()`, abstract)."""
         key = (model_key, name, cfg.method if name in ("solve", "projector") else None)
         if key not in cache:
-            cache[key] = _analysis(make())
-            cache[key]["input_bytes"] = sum(device_bytes(x) for x in jax.tree.leaves(inputs()))
+            a = _analysis(make(graphdef, params) if model_pass else make())
+            a["input_bytes"] = sum(device_bytes(x) for x in jax.tree.leaves(inputs()))
+            a["accelerator_temp_bytes"] = a["temp_bytes"]
+            if model_pass and model32 is not None:
+                temp32 = _analysis(make(*model32))["temp_bytes"]
+                a["accelerator_temp_bytes"] = min(a["temp_bytes"], temp32)
+            cache[key] = a
         a = dict(cache[key])
         a["resident_bytes"] = total_resident if resident is None else resident
-        a["peak_bytes"] = (
-            a["resident_bytes"]
-            + a["input_bytes"]
-            + a["temp_bytes"]
-            + a["output_bytes"]
-            - a["alias_bytes"]
-        )
+        rest = a["resident_bytes"] + a["input_bytes"] + a["output_bytes"] - a["alias_bytes"]
+        a["peak_bytes"] = rest + a["temp_bytes"]
+        a["accelerator_peak_bytes"] = rest + a["accelerator_temp_bytes"]
         stages[name] = a
 
     # Search.
@@ -230,31 +240,34 @@ def plan(
     hp = cfg.search
     add(
         "search_prepare",
-        lambda: search._prepare.lower(graphdef, params, batch, hp, z),
+        lambda gd, ps: search._prepare.lower(gd, ps, batch, hp, z),
         lambda: batch,
+        model_pass=True,
     )
 
-    def loop_inputs():
-        ctx, state = jax.eval_shape(lambda b: search._prepare(graphdef, params, b, hp, z), batch)
+    def loop_inputs(gd=graphdef, ps=params):
+        ctx, state = jax.eval_shape(lambda b: search._prepare(gd, ps, b, hp, z), batch)
         return _with_rows(ctx, r, mesh), _with_rows(state, r, mesh)
 
-    def loop():
-        ctx, state = loop_inputs()
-        return search._run.lower(graphdef, params, ctx, state, hp, z, _sds((), i32, mesh))
+    def loop(gd, ps):
+        ctx, state = loop_inputs(gd, ps)
+        return search._run.lower(gd, ps, ctx, state, hp, z, _sds((), i32, mesh))
 
-    add("search_loop", loop, loop_inputs)  # its inputs: the cached keys/values, h0, q0, ...
+    # Its inputs: the cached keys/values, h0, q0, ...
+    add("search_loop", loop, loop_inputs, model_pass=True)
     # Keys at one layer.
     c = s.num_key_contexts
     kb = KeyBatch(
-        input_ids=_rows((r, c, t), i32, mesh),
-        mask=_rows((r, c, t), i32, mesh),
-        lookup=_rows((r, c), i32, mesh),
+        input_ids=_rows((rk, c, t), i32, mesh),
+        mask=_rows((rk, c, t), i32, mesh),
+        lookup=_rows((rk, c), i32, mesh),
         groups=(1, c - 1),
     )
     add(
         "keys",
-        lambda: editor.keys_and_current.lower(graphdef, params, kb, cfg.layers[-1], z),
+        lambda gd, ps: editor.keys_and_current.lower(gd, ps, kb, cfg.layers[-1], z),
         lambda: kb,
+        model_pass=True,
     )
     # One C0 step (all edited layers at once), before any edit: the weights are resident, the
     # sums (what C0 becomes) are its inputs.
@@ -263,9 +276,10 @@ def plan(
     docs = (_rows((rows, s.stats_len), i32, mesh), _rows((rows, s.stats_len), i32, mesh))
     add(
         "stats",
-        lambda: stats._accumulate.lower(graphdef, params, sums, *docs, tuple(sorted(cfg.layers))),
+        lambda gd, ps: stats._accumulate.lower(gd, ps, sums, *docs, tuple(sorted(cfg.layers))),
         lambda: (sums, docs),
         resident=param_bytes,
+        model_pass=True,
     )
     # The solve for one layer (C0, caches and projectors are resident).
     n = s.batch_size
@@ -305,24 +319,30 @@ def plan(
     add("solve", make, lambda: (keys, resid))
     add("update", lambda: editor._add_rounded.lower(kernel, dw))
     peak_stage = max(stages, key=lambda k: stages[k]["peak_bytes"])
+    accel_stage = max(stages, key=lambda k: stages[k]["accelerator_peak_bytes"])
     return {
         "stages": stages,
         "resident": resident,
         "peak_bytes": stages[peak_stage]["peak_bytes"],
         "peak_stage": peak_stage,
+        "accelerator_peak_bytes": stages[accel_stage]["accelerator_peak_bytes"],
+        "accelerator_peak_stage": accel_stage,
+        "cpu_bf16_upcast_removed": upcast,
         "mesh": dict(mesh.shape),
         "devices": int(np.prod(list(mesh.shape.values()))),
     }
 
 
 def fits(result: dict[str, Any], headroom: float = 0.9) -> dict[str, bool]:
-    """Per named hardware: the plan's mesh uses that many devices (where the machine has a fixed
-    count) and its peak is within `headroom` of a device's memory (the runtime keeps some)."""
+    """Per named hardware (all accelerators): the plan's mesh uses that many devices (where the
+    machine has a fixed count) and its accelerator peak (`accelerator_peak_bytes`: the compiled
+    peak, less XLA:CPU's bf16→f32 weight copies when the plan was compiled on CPU) is within
+    `headroom` of a device's memory (the runtime keeps some)."""
     devices = result["devices"]
     out = {}
     for name, capacity in HARDWARE.items():
         count_ok = name not in HARDWARE_DEVICES or HARDWARE_DEVICES[name] == devices
-        out[name] = bool(count_ok and result["peak_bytes"] <= headroom * capacity)
+        out[name] = bool(count_ok and result["accelerator_peak_bytes"] <= headroom * capacity)
     return out
 
 
@@ -332,12 +352,16 @@ def advice(result: dict[str, Any], capacity: int) -> list[str]:
     st, res = result["stages"], result["resident"]
     if res["weights"] > 0.5 * capacity:
         tips.append("weights dominate: more model shards (--mesh=data:1,model:N) or FSDP over data")
-    if result["peak_stage"].startswith("search"):
+    if result["accelerator_peak_stage"].startswith("search"):
         tips.append(
-            "the search dominates: a smaller --batch_size (rows and cached keys/values scale with "
-            "it), more data shards, or rematerialisation of the re-run blocks"
+            "the search dominates: search fewer requests at once (--config.search.max_requests; "
+            "the update stays one batch), more data shards, or rematerialisation of the re-run "
+            "blocks"
         )
-    if result["peak_stage"] in ("solve", "projector") or st["solve"]["temp_bytes"] > 0.3 * capacity:
+    if (
+        result["accelerator_peak_stage"] in ("solve", "projector")
+        or st["solve"]["temp_bytes"] > 0.3 * capacity
+    ):
         tips.append(
             "the solve holds a whole [f, f] matrix per device (XLA has no partitioned "
             "Cholesky/LU), so more shards do not shrink it: a device with more memory"

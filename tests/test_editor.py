@@ -299,6 +299,27 @@ def test_given_targets_skip_the_search(encore, monkeypatch):
         ed.apply(s0, list(BATCHES[0]), targets=reports[0].targets[:1])  # wrong shape
 
 
+def test_search_in_chunks_matches_one_pass(llama, llama_stats):
+    """`search.max_requests` searches a batch in chunks: the same targets and stop steps as one
+    pass (each request's search is independent), and the update is still one solve."""
+    one = make_editor(llama, llama_stats, "ENCORE")
+    ed = make_editor(llama, llama_stats, "ENCORE")
+    ed.cfg = dataclasses.replace(ed.cfg, search=dataclasses.replace(FIXED, max_requests=1))
+    batch = [*BATCHES[0], *BATCHES[1]]  # 4 requests: 4 chunks of 1
+    _, ref = one.apply(one.init_state(), batch)
+    state, rep = ed.apply(ed.init_state(), batch)
+    np.testing.assert_array_equal(rep.stop_steps, ref.stop_steps)
+    rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)  # noqa: E731 (rounding-level)
+    assert rel(rep.targets, ref.targets) < 1e-5
+    assert rep.history["loss"].shape == ref.history["loss"].shape == (FIXED.num_steps, 4)
+    assert [p.get("case_id") for p in rep.prompts] == [p.get("case_id") for p in ref.prompts]
+    assert rep.keys[LAYERS[0]].shape[1] == 4 and len(state.journal) == 1
+    for l in LAYERS:
+        assert rel(rep.deltas[l], ref.deltas[l]) < 1e-4
+    with pytest.raises(config.ConfigValueError, match="max_requests"):
+        dataclasses.replace(FIXED, max_requests=-1).validate()
+
+
 @pytest.mark.parametrize("method", config.METHODS)
 def test_every_method_runs_one_batch(method, lm, lm_stats):
     ed = make_editor(lm, lm_stats, method)

@@ -55,6 +55,7 @@ from jaxedit import (
     editor,
     entropy,
     files,
+    heldout,
     hub,
     metrics,
     sharding,
@@ -177,6 +178,29 @@ flags.DEFINE_integer(
     lower_bound=0,
 )
 flags.DEFINE_string(
+    "heldout_text",
+    None,
+    "Held-out text (C0 never sees it; e.g. wikitext-2.valid.tokens.txt) scored at every "
+    "downstream point: NLL/perplexity with a bootstrap CI over documents (heldout.jsonl).",
+)
+flags.DEFINE_integer("heldout_docs", 200, "Documents of --heldout_text.", lower_bound=1)
+flags.DEFINE_bool(
+    "drift",
+    True,
+    "With --heldout_text: KL(edited || unedited) and top-1 agreement on the held-out tokens "
+    "(the unedited model's top-32 log-probabilities kept in memory).",
+)
+flags.DEFINE_integer(
+    "retention_every",
+    0,
+    "Every k batches (and after the last): ES/PS of every batch edited so far, a seeded sample "
+    "of --retention_sample records each (retention.jsonl). 0: off.",
+    lower_bound=0,
+)
+flags.DEFINE_integer(
+    "retention_sample", 20, "Records per batch in the retention curves (0: all).", lower_bound=0
+)
+flags.DEFINE_string(
     "baseline",
     None,
     "Reuse the baseline.json of another run on the same model, data and evaluation settings.",
@@ -211,6 +235,10 @@ __doc__ = console.help_sections(
             ],
         ),
         (
+            "degradation and retention",
+            ["heldout_text", "heldout_docs", "drift", "retention_every", "retention_sample"],
+        ),
+        (
             "downstream tasks",
             [
                 "downstream",
@@ -237,6 +265,8 @@ The run directory (--workdir) will contain:
                     before/after (eval_before/eval)
   downstream.jsonl  downstream scores at each evaluation point (row 0: the unedited model)
   activation.jsonl  MLP/attention activation shares at the same points
+  heldout.jsonl     held-out NLL/perplexity and drift (KL, top-1 agreement) with CIs, same points
+  retention.jsonl   ES/PS of every earlier batch's records, every --retention_every batches
   snapshots/        edits_NNNNNN.npz: the edited matrices at each evaluation point
   checkpoint/       N/: edited matrices, previous-edit caches, batches done N (orbax; the last
                     two kept; rerun to resume)
@@ -402,6 +432,8 @@ RESULT_FILES = (
     "batches.jsonl",
     "downstream.jsonl",
     "activation.jsonl",
+    "heldout.jsonl",
+    "retention.jsonl",
     "final.json",
     OLD_CHECKPOINT,
 )
@@ -565,6 +597,15 @@ class Evaluator:
             if self.tasks
             else FLAGS.downstream_data or str(data_root() / "downstream")
         )
+        self.heldout = None
+        if FLAGS.heldout_text:
+            self.heldout = heldout.load(
+                model.tokenizer,
+                FLAGS.heldout_text,
+                FLAGS.heldout_docs,
+                max_length=min(1024, model.config.max_position_embeddings),
+            )
+        self._drift_ref = None  # the unedited model's top-k, computed on first use
         self.texts = None
         if FLAGS.activation_texts:
             self.texts = (
@@ -589,6 +630,12 @@ class Evaluator:
                 "quirks": FLAGS.downstream_quirks,
             },
             "activation_texts": FLAGS.activation_texts,
+            "heldout": {
+                "text": FLAGS.heldout_text,
+                "docs": FLAGS.heldout_docs,
+                "drift": FLAGS.drift,
+            },
+            "retention": {"every": FLAGS.retention_every, "sample": FLAGS.retention_sample},
         }
 
     def baseline_mismatch(self, baseline: dict, source: str, case_ids: list) -> str | None:
@@ -601,8 +648,8 @@ class Evaluator:
         if baseline.get("case_ids") != case_ids:
             return "other records"
         old, new = baseline.get("settings", {}), self.settings()
-        for key in new:
-            if key != "downstream" and old.get(key) != new[key]:
+        for key in new:  # (held-out and retention measures are not part of a baseline)
+            if key not in ("downstream", "heldout", "retention") and old.get(key) != new[key]:
                 return f"{key}={old.get(key)!r}, this run {new[key]!r}"
         od, nd = old.get("downstream", {}), new["downstream"]
         for key in ("num_tests", "num_few_shots", "quirks"):
@@ -640,6 +687,41 @@ class Evaluator:
             num_few_shots=FLAGS.downstream_shots,
             quirks=FLAGS.downstream_quirks,
         )
+
+    def heldout_point(self, model) -> dict | None:
+        """Held-out NLL/perplexity and (with --drift) KL / top-1 agreement against the unedited
+        model, each with its bootstrap CI over documents; None without --heldout_text."""
+        if self.heldout is None:
+            return None
+        t0 = time.perf_counter()
+        if FLAGS.drift and self._drift_ref is None:  # the unedited side, once per process
+            self._drift_ref = heldout.reference(self.model, self.heldout)
+        res = heldout.measure(
+            model, self.heldout, ref=self._drift_ref if FLAGS.drift else None, seed=FLAGS.eval_seed
+        )
+        res["time_s"] = time.perf_counter() - t0
+        return res
+
+    def retention(self, model, batches: list, done: int) -> list[dict]:
+        """ES/PS (with CIs over records) of the first `done` batches' records on `model`: a seeded
+        sample of --retention_sample records of each batch (all with 0)."""
+        rows = []
+        for b in range(done):
+            reqs = batches[b]
+            k = FLAGS.retention_sample
+            if k and k < len(reqs):
+                pick = np.random.default_rng([FLAGS.eval_seed, b]).choice(
+                    len(reqs), k, replace=False
+                )
+                reqs = [reqs[j] for j in sorted(pick)]
+            res = self.editing(model, reqs)
+            row = {"batch": b, "n": len(reqs), "case_ids": [r.case_id for r in reqs]}
+            row.update({k2: res["scores"][k2] for k2 in ("ES", "PS") if k2 in res["scores"]})
+            if not self.zsre:
+                ci = metrics.counterfact_intervals(records_view(res), seed=FLAGS.eval_seed)
+                row["ci"] = {k2: ci["ci"][k2] for k2 in ("ES", "PS")}
+            rows.append(row)
+        return rows
 
     def activation(self, model) -> dict | None:
         if not self.texts:
@@ -744,6 +826,18 @@ def evaluate_point(workdir: Path, ev: Evaluator, model, batch: int, num_edits: i
     act = ev.activation(model)
     if act is not None:
         append_jsonl(workdir / "activation.jsonl", {"num_edits": num_edits, "batch": batch, **act})
+    held = ev.heldout_point(model)
+    if held is not None:
+        append_jsonl(workdir / "heldout.jsonl", {"num_edits": num_edits, "batch": batch, **held})
+        logging.info(
+            "held-out after %d edits: perplexity %.3f (CI %.3f-%.3f)%s",
+            num_edits,
+            held["perplexity"],
+            *held["perplexity_ci"],
+            f", KL {held['kl']:.4f}, top-1 agreement {held['top1_agreement']:.3f}"
+            if "kl" in held
+            else "",
+        )
 
 
 def fill_snapshots(workdir: Path, ev: Evaluator, ed: editor.Editor) -> None:
@@ -981,13 +1075,28 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
                 [{"num_edits": 0, "batch": -1, **baseline["activation"]}, *rows],
             )
 
+    if ev.heldout is not None and not any(
+        r["batch"] == -1 for r in read_jsonl(workdir / "heldout.jsonl")
+    ):
+        held = ev.heldout_point(ev.model)  # the unedited model (KL 0, agreement 1)
+        write_jsonl(
+            workdir / "heldout.jsonl",
+            [{"num_edits": 0, "batch": -1, **held}, *read_jsonl(workdir / "heldout.jsonl")],
+        )
+
     # 2. Resume from the checkpoint: keep what belongs to finished batches, redo the rest.
     state = ed.init_state()
     done = 0
     if prior.get("resume") is not None:  # read and checked in `prepare`
         done, state = prior["resume"]
         logging.info("resuming after batch %d (%d edits)", done, state.num_edits)
-    for name in ("batches.jsonl", "downstream.jsonl", "activation.jsonl"):
+    for name in (
+        "batches.jsonl",
+        "downstream.jsonl",
+        "activation.jsonl",
+        "heldout.jsonl",
+        "retention.jsonl",
+    ):
         rows = read_jsonl(workdir / name)
         keep = [r for r in rows if r["batch"] < done]
         if len(keep) != len(rows):
@@ -1029,6 +1138,18 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
             float(np.mean(rep.stop_steps)),
             {k: round(v, 1) for k, v in line.get("eval", {}).items() if k in ("ES", "PS", "NS")},
         )
+        keep_every = FLAGS.retention_every
+        if keep_every and ((i + 1) % keep_every == 0 or i == len(batches) - 1):
+            t0 = time.perf_counter()
+            append_jsonl(
+                workdir / "retention.jsonl",
+                {
+                    "num_edits": state.num_edits,
+                    "batch": i,
+                    "batches": ev.retention(edited, batches, i + 1),
+                    "time_s": time.perf_counter() - t0,
+                },
+            )
         if (every and (i + 1) % every == 0) or i == len(batches) - 1:
             save_snapshot(workdir, ed, state)
             evaluate_point(workdir, ev, edited, i, state.num_edits)
@@ -1074,7 +1195,17 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
             "num_records": len(idx),
         }
         final["before"] = ev.before(baseline, idx)
-        final["after"] = ev.editing(edited, [reqs[i] for i in idx])["scores"]
+        after = ev.editing(edited, [reqs[i] for i in idx])
+        final["after"] = after["scores"]
+        if not ev.zsre:  # 95 % bootstrap CIs over records, and the paired after − before
+            base_recs = [baseline["records"][i] for i in idx]
+            ci = metrics.counterfact_intervals(records_view(after), base_recs, seed=FLAGS.eval_seed)
+            final["after_ci"] = ci["ci"]
+            final["before_ci"] = metrics.counterfact_intervals(base_recs, seed=FLAGS.eval_seed)[
+                "ci"
+            ]
+            final["after_minus_before"] = ci["difference"]
+            final["ci_unit"] = "record"
         ge = ev.generation_entropy(edited)
         if ge is not None:
             final["before"]["GE"] = baseline.get("generation", {}).get("GE")

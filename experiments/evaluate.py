@@ -30,7 +30,7 @@ import jax
 from absl import flags, logging
 
 import jaxedit
-from jaxedit import downstream, metrics
+from jaxedit import downstream, heldout, metrics
 from jaxedit import requests as requests_lib
 
 import paths  # experiments/paths.py: the binaries' default data folders
@@ -47,6 +47,21 @@ flags.DEFINE_string(
 flags.DEFINE_integer("start", 0, "First record.", lower_bound=0)
 flags.DEFINE_integer("num_records", 200, "Records to evaluate.", lower_bound=1)
 flags.DEFINE_string("out", None, "Output JSON.", required=True)
+flags.DEFINE_string(
+    "perplexity_text",
+    None,
+    "Held-out text for NLL / perplexity with a bootstrap CI over documents (e.g. "
+    "wikitext-2.valid.tokens.txt: paragraphs, headings dropped; or a .txt/.jsonl corpus).",
+)
+flags.DEFINE_integer(
+    "perplexity_docs", 200, "Documents of --perplexity_text to score.", lower_bound=1
+)
+flags.DEFINE_integer(
+    "perplexity_max_length",
+    1024,
+    "Tokens per held-out document (longer ones are cut).",
+    lower_bound=2,
+)
 flags.DEFINE_string(
     "downstream",
     None,
@@ -94,6 +109,7 @@ __doc__ = console.help_sections(
     __doc__,
     [
         ("model and output", ["model", "out"]),
+        ("held-out perplexity", ["perplexity_text", "perplexity_docs", "perplexity_max_length"]),
         ("devices and hosts", ["mesh", "coordinator", "num_processes", "process_id"]),
         ("editing metrics (CounterFact/zsRE)", ["data_path", "dataset", "start", "num_records"]),
         (
@@ -162,10 +178,15 @@ def run_downstream(model) -> dict:
 
 def check_inputs() -> list[requests_lib.EditRequest]:
     """Every flag and input file, before the model is loaded; returns the parsed records."""
-    if not FLAGS.data_path and not FLAGS.downstream:
+    if not FLAGS.data_path and not FLAGS.downstream and not FLAGS.perplexity_text:
         raise cli.UserError(
-            "nothing to evaluate (fix: give --data_path (CounterFact/zsRE metrics) "
-            "and/or --downstream=TASKS (few-shot downstream tasks))"
+            "nothing to evaluate (fix: give --data_path (CounterFact/zsRE metrics), "
+            "--downstream=TASKS (few-shot downstream tasks) and/or --perplexity_text=FILE)"
+        )
+    if FLAGS.perplexity_text and not Path(FLAGS.perplexity_text).exists():
+        raise cli.UserError(
+            f"--perplexity_text={FLAGS.perplexity_text}: no such file (fix: pass held-out text, "
+            "e.g. ../shared/data/text/wikitext-2.valid.tokens.txt)"
         )
     if Path(FLAGS.out).is_dir():
         raise cli.UserError(f"--out={FLAGS.out} is a directory (fix: pass a .json file path)")
@@ -217,6 +238,25 @@ def main(argv):
         out.update(edit_metrics(model, reqs))
     if FLAGS.downstream:
         out["downstream"] = run_downstream(model)
+    if FLAGS.perplexity_text:
+        t0 = time.perf_counter()
+        texts = heldout.load(
+            model.tokenizer,
+            FLAGS.perplexity_text,
+            FLAGS.perplexity_docs,
+            max_length=min(FLAGS.perplexity_max_length, model.config.max_position_embeddings),
+        )
+        res = heldout.measure(model, texts)
+        res["time_s"] = time.perf_counter() - t0
+        out.update(res)
+        logging.info(
+            "held-out NLL %.4f (95%% CI %.4f-%.4f), perplexity %.3f over %d tokens of %d documents",
+            res["nll"],
+            *res["nll_ci"],
+            res["perplexity"],
+            res["tokens"],
+            res["docs"],
+        )
     Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
     if writer:
         Path(FLAGS.out).write_text(json.dumps(out, indent=1))
@@ -229,6 +269,8 @@ def main(argv):
             t: {k: r[k] for k in ("f1", "f1_new", "mcc", "correct", "invalid", "total", "time_s")}
             for t, r in out["downstream"]["results"].items()
         }
+    if FLAGS.perplexity_text:
+        summary.update({k: out[k] for k in ("perplexity", "nll", "nll_ci", "tokens")})
     if writer:
         print(json.dumps(summary))
 

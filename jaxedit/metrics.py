@@ -17,6 +17,7 @@ Generation Entropy (GE, `counterfact_scores(..., generation=True)`) is computed 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -269,3 +270,74 @@ def summarize_zsre(per: Mapping[str, Sequence[Sequence[float]]]) -> dict:
         vals = [np.mean(v) for v in per.get(name, []) if v]
         scores[key] = 100.0 * float(np.mean(vals)) if vals else float("nan")
     return scores
+
+
+def counterfact_record_values(records: Sequence[dict]) -> dict[str, np.ndarray]:
+    """Per-record ES / PS / NS success rates `[n]` (NaN where a record has no such prompts): the
+    units that `summarize_counterfact` averages and that bootstrap intervals resample."""
+    out = {}
+    for name, key in (("rewrite", "ES"), ("paraphrase", "PS"), ("neighborhood", "NS")):
+        sign = -1.0 if name == "neighborhood" else 1.0
+        vals = []
+        for rec in records:
+            prompts = rec.get(name) or []
+            vals.append(
+                np.mean([(sign * (p["target_true"] - p["target_new"])) > 0 for p in prompts])
+                if prompts
+                else np.nan
+            )
+        out[key] = np.asarray(vals, np.float64)
+    return out
+
+
+def counterfact_intervals(
+    records: Sequence[dict],
+    baseline: Sequence[dict] | None = None,
+    *,
+    seed: int = 0,
+    n_boot: int = 1000,
+    level: float = 0.95,
+) -> dict:
+    """95 % bootstrap intervals (the unit: the record) of ES, PS, NS and S = hmean(ES, PS, NS) of
+    `records`; with `baseline` (the same records on another model, aligned) also the paired
+    difference records − baseline for each, with `significant` when its interval excludes 0."""
+    vals = counterfact_record_values(records)
+    n = len(next(iter(vals.values())))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    alpha = 1.0 - level
+
+    def resampled(v: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN resample: NaN
+            means = {k: 100.0 * np.nanmean(x[idx], axis=1) for k, x in v.items()}
+        es, ps, ns = means["ES"], means["PS"], means["NS"]
+        with np.errstate(all="ignore"):
+            means["S"] = 3.0 / (1.0 / es + 1.0 / ps + 1.0 / ns)
+        return means
+
+    def ci(x: np.ndarray) -> list[float]:
+        lo, hi = np.nanquantile(x, [alpha / 2, 1 - alpha / 2])
+        return [float(lo), float(hi)]
+
+    boot = resampled(vals)
+    out: dict = {
+        "unit": "record",
+        "n": n,
+        "level": level,
+        "n_boot": n_boot,
+        "seed": seed,
+        "ci": {k: ci(v) for k, v in boot.items()},
+    }
+    if baseline is not None:
+        base = resampled(counterfact_record_values(baseline))
+        point_a, point_b = summarize_counterfact(records), summarize_counterfact(baseline)
+        diff = {}
+        for k in ("ES", "PS", "NS", "S"):
+            d_ci = ci(boot[k] - base[k])
+            diff[k] = {
+                "value": float(point_a[k] - point_b[k]),
+                "ci": d_ci,
+                "significant": bool(d_ci[0] > 0 or d_ci[1] < 0),
+            }
+        out["difference"] = diff
+    return out

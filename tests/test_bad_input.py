@@ -357,6 +357,11 @@ CASES = [
     evaluate("evaluate_nothing_to_evaluate", expect=("nothing to evaluate",)),
     evaluate("evaluate_data_path_missing", "--data_path={root}/nope.json", expect=("nope.json",)),
     evaluate(
+        "evaluate_perplexity_text_missing",
+        "--perplexity_text={root}/nope.txt",
+        expect=("--perplexity_text", "nope.txt", "no such file"),
+    ),
+    evaluate(
         "evaluate_data_file_malformed",
         "--data_path={root}/bad.json",
         expect=("bad.json", "not valid JSON"),

@@ -125,6 +125,55 @@ def test_config_override_is_recorded_in_run_json(setup):
     assert run["config"]["solve"]["norm_lambda"] == 2.0
 
 
+def test_heldout_drift_retention_and_final_intervals(setup):
+    """--heldout_text / --drift / --retention_every: heldout.jsonl starts at the unedited model
+    (KL 0, agreement 1), drift after the edits is > 0; retention = ES/PS of each batch's records on
+    the model at that point (checked against the exported final model); final.json carries CIs
+    over records and the paired after − before."""
+    from jaxedit import metrics
+    from jaxedit import requests as requests_lib
+
+    root = setup
+    heldout_text = root / "heldout.txt"
+    heldout_text.write_text(
+        "\n\n".join(f"Held-out paragraph {i} is about rivers, music and trains." for i in range(8))
+    )
+    out = _run(
+        root,
+        f"--requests={root / 'requests.json'}",
+        "--batch_size=1",
+        f"--heldout_text={heldout_text}",
+        "--heldout_docs=8",
+        "--retention_every=2",
+        "--retention_sample=0",
+        "--downstream_every=3",
+        f"--workdir={root / 'degradation'}",
+        f"--export_dir={root / 'degradation_model'}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = root / "degradation"
+    held = [json.loads(l) for l in (run / "heldout.jsonl").read_text().splitlines()]
+    assert [h["batch"] for h in held] == [-1, 2]
+    assert abs(held[0]["kl"]) < 1e-6 and held[0]["top1_agreement"] == 1.0
+    assert held[1]["kl"] > 0 and held[1]["nll_ci"][0] <= held[1]["nll"] <= held[1]["nll_ci"][1]
+    assert held[0]["docs"] == 8 and held[0]["unit"] == "document"
+    ret = [json.loads(l) for l in (run / "retention.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in ret] == [1, 2]  # every 2 batches, and after the last
+    assert [len(r["batches"]) for r in ret] == [2, 3]
+    final_model = jaxedit.load(root / "degradation_model")
+    reqs = requests_lib.load_requests(root / "requests.json")
+    for b, row in enumerate(ret[-1]["batches"]):
+        assert row["case_ids"] == [reqs[b].case_id]
+        want = metrics.counterfact_scores(final_model, [reqs[b]])["scores"]
+        assert row["ES"] == want["ES"] and row["PS"] == want["PS"]
+    final = json.loads((run / "final.json").read_text())
+    assert final["ci_unit"] == "record"
+    for k in ("ES", "PS", "NS", "S"):
+        lo, hi = final["after_ci"][k]
+        assert lo <= final["after"][k] <= hi
+        assert set(final["after_minus_before"][k]) == {"value", "ci", "significant"}
+
+
 def test_bad_input_exits_nonzero_and_writes_no_model(setup):
     root = setup
     bad = [

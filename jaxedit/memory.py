@@ -296,26 +296,15 @@ def plan(
         make = lambda: solve.alphaedit_update.lower(  # noqa: E731
             keys, resid, square, square, l2=float(sv.l2)
         )
-    elif cfg.method == "EMMET":
-        make = lambda: solve.emmet_update.lower(  # noqa: E731
-            keys,
-            resid,
-            square,
-            cov_weight=float(sv.cov_weight),
-            norm_lambda=float(sv.norm_lambda),
-            emmet_lambda=float(sv.emmet_lambda),
-            method=method,
+    else:  # the editor's `_solve` options
+        options = dict(
+            cov_weight=float(sv.cov_weight), norm_lambda=float(sv.norm_lambda), method=method
         )
-    else:
-        make = lambda: solve.memit_update.lower(  # noqa: E731
-            keys,
-            resid,
-            square,
-            cov_weight=float(sv.cov_weight),
-            norm_lambda=float(sv.norm_lambda),
-            prev_kkt=square if prev_cache else None,
-            method=method,
-        )
+        if cfg.method == "EMMET":
+            fn, options["emmet_lambda"] = solve.emmet_update, float(sv.emmet_lambda)
+        else:
+            fn, options["prev_kkt"] = solve.memit_update, square if prev_cache else None
+        make = lambda: fn.lower(keys, resid, square, **options)  # noqa: E731
     add("solve", make, lambda: (keys, resid))
     add("update", lambda: editor._add_rounded.lower(kernel, dw))
     peak_stage = max(stages, key=lambda k: stages[k]["peak_bytes"])

@@ -65,3 +65,28 @@ def test_export_loads_in_transformers(smollm2, tmp_path):
     a = jaxedit.convert.state_to_flat(smollm2.params)
     b = jaxedit.convert.state_to_flat(again.params)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow  # ≈ 1-2 min on 2 cores: 200 paragraphs through both implementations
+def test_heldout_perplexity_matches_transformers(smollm2, tmp_path):
+    """Perplexity of the unedited SmolLM2 on the first 200 WikiText-2 validation paragraphs
+    (`jaxedit.heldout`, the figure in WORKSPACE.md) equals transformers' on the exported model to
+    1e-4 relative (per-document mean losses × predictions, summed)."""
+    torch = pytest.importorskip("torch", reason="torch not installed: pip install -e '.[parity]'")
+    from transformers import AutoModelForCausalLM
+
+    import jaxedit
+    from jaxedit import heldout
+
+    text = require_shared("data", "text", "wikitext-2.valid.tokens.txt")
+    hd = heldout.load(smollm2.tokenizer, text, num_docs=200, max_length=1024)
+    ours = heldout.measure(smollm2, hd)
+    hf = AutoModelForCausalLM.from_pretrained(jaxedit.save_hf(smollm2, tmp_path / "m")).eval()
+    total = 0.0
+    with torch.no_grad():
+        for d in hd.docs:
+            ids = torch.tensor(d[None, :].astype(np.int64))
+            total += float(hf(input_ids=ids, labels=ids).loss) * (len(d) - 1)
+    theirs = float(np.exp(total / hd.predictions))
+    assert ours["tokens"] == hd.predictions
+    assert ours["perplexity"] == pytest.approx(theirs, rel=1e-4), (ours["perplexity"], theirs)

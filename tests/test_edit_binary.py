@@ -165,10 +165,13 @@ def test_heldout_drift_retention_and_final_intervals(setup):
     for b, row in enumerate(ret[-1]["batches"]):
         assert row["case_ids"] == [reqs[b].case_id]
         want = metrics.counterfact_scores(final_model, [reqs[b]])["scores"]
-        assert row["ES"] == want["ES"] and row["PS"] == want["PS"]
+        np.testing.assert_equal([row["ES"], row["PS"]], [want["ES"], want["PS"]])  # PS: NaN
+    # The newest batch's retention is its own score right after it was written.
+    lines = [json.loads(l) for l in (run / "batches.jsonl").read_text().splitlines()]
+    assert ret[-1]["batches"][-1]["ES"] == lines[-1]["eval"]["ES"]
     final = json.loads((run / "final.json").read_text())
     assert final["ci_unit"] == "record"
-    for k in ("ES", "PS", "NS", "S"):
+    for k in ("ES",):  # (plain requests have rewrite prompts only: PS, NS, S are NaN)
         lo, hi = final["after_ci"][k]
         assert lo <= final["after"][k] <= hi
         assert set(final["after_minus_before"][k]) == {"value", "ci", "significant"}

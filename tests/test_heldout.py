@@ -117,10 +117,13 @@ def test_drift_is_zero_unedited_and_positive_after_an_edit(gpt2_tok, tmp_path):
     after = heldout.measure(edited, hd, ref=ref)
     assert after["kl"] > 1e-4
     assert after["kl_ci"][0] <= after["kl"] <= after["kl_ci"][1]
-    # The coarse (top-k + rest) KL is a lower bound of the full KL and near it.
+    # The coarse (top-k + rest) KL is a lower bound of the full KL (loose on this near-uniform
+    # random model: its top 16 of 50,257 tokens hold little mass), and with k = the vocabulary it
+    # is the full KL.
     full = _full_kl(edited, base, hd)
     assert after["kl"] <= full * (1 + 1e-4) + 1e-7
-    assert after["kl"] > 0.5 * full, (after["kl"], full)
+    whole = heldout.measure(edited, hd, ref=heldout.reference(base, hd, k=base.config.vocab_size))
+    assert whole["kl"] == pytest.approx(full, rel=1e-3)
 
 
 def test_bootstrap_covers_the_true_mean_at_the_stated_rate():

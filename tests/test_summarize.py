@@ -139,6 +139,44 @@ def runs(tmp_path_factory):
             },
         ],
     )
+    _jsonl(
+        a / "heldout.jsonl",
+        [
+            {
+                "num_edits": 0,
+                "batch": -1,
+                "perplexity": 27.3,
+                "perplexity_ci": [25.2, 29.8],
+                "kl": 0.0,
+                "kl_ci": [0.0, 0.0],
+                "top1_agreement": 1.0,
+                "top1_agreement_ci": [1.0, 1.0],
+            },
+            {
+                "num_edits": 4,
+                "batch": 1,
+                "perplexity": 28.1,
+                "perplexity_ci": [26.0, 30.5],
+                "kl": 0.0123,
+                "kl_ci": [0.010, 0.015],
+                "top1_agreement": 0.97,
+                "top1_agreement_ci": [0.96, 0.98],
+            },
+        ],
+    )
+    _jsonl(
+        a / "retention.jsonl",
+        [
+            {
+                "num_edits": 4,
+                "batch": 1,
+                "batches": [
+                    {"batch": 0, "n": 2, "ES": 100.0, "PS": 50.0, "ci": {"ES": [100.0, 100.0]}},
+                    {"batch": 1, "n": 2, "ES": 50.0, "PS": 50.0, "ci": {"ES": [0.0, 100.0]}},
+                ],
+            }
+        ],
+    )
     _write(
         a / "final.json",
         {
@@ -305,6 +343,18 @@ def test_activation_table(result):
     assert rows[("ENCORE", "last")]["num_edits"] == 4
     assert "L0" not in rows[("ENCORE", "first")]
     assert not any(r == "MEMIT-seq" for r, _ in rows)
+
+
+def test_heldout_and_retention_tables(result):
+    held = result[1]["tables"]["heldout"].rows
+    assert [(r["run"], r["num_edits"]) for r in held] == [("ENCORE", 0), ("ENCORE", 4)]
+    assert held[1]["perplexity"] == 28.1 and held[1]["kl_ci"] == "[0.010, 0.015]"
+    ret = result[1]["tables"]["retention"].rows
+    assert [(r["batch"], r["ES"], r["ES_ci"]) for r in ret] == [
+        (0, 100.0, "[100.000, 100.000]"),
+        (1, 50.0, "[0.000, 100.000]"),
+    ]
+    assert "6. Held-out perplexity" in result[1]["markdown"]
 
 
 def test_files_csv_json_and_pngs(result):

@@ -21,8 +21,10 @@ from .tables import (
     activation_table,
     downstream_table,
     editing_table,
+    heldout_table,
     mpes_table,
     norms_table,
+    retention_table,
 )
 
 
@@ -69,9 +71,9 @@ def summarize(
         downstream_table(loaded, "f1_new", "3b"),
         norms_table(loaded),
     ]
-    act = activation_table(loaded)
-    if act is not None:
-        tables.append(act)
+    for extra in (activation_table(loaded), heldout_table(loaded), retention_table(loaded)):
+        if extra is not None:
+            tables.append(extra)
     # Downstream f1_new is often absent when f1 is: drop an empty f1_new table silently.
     tables = [t for t in tables if t.rows or t.name != "downstream_f1_new"]
 

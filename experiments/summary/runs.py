@@ -1,8 +1,9 @@
 """Reading run directories (experiments/edit.py's outputs) and the series derived from them.
 
 `load_run` reads one directory into a `Run` (run.json, batches.jsonl, baseline.json,
-downstream.jsonl, activation.jsonl, final.json): a missing or malformed file becomes a note, never
-an error. The helpers below it pick numbers out of the logged records for the tables and plots.
+downstream.jsonl, activation.jsonl, heldout.jsonl, retention.jsonl, final.json): a missing or
+malformed file becomes a note, never an error. The helpers below it pick numbers out of the
+logged records for the tables and plots.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class Run:
     baseline: dict | None = None
     downstream: list = field(default_factory=list)
     activation: list = field(default_factory=list)
+    heldout: list = field(default_factory=list)
+    retention: list = field(default_factory=list)
     final: dict | None = None
     notes: list = field(default_factory=list)
 
@@ -133,6 +136,8 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     run.baseline = _read_json(path / "baseline.json", run.notes, label)
     run.downstream = _read_jsonl(path / "downstream.jsonl", run.notes, label)
     run.activation = _read_jsonl(path / "activation.jsonl", run.notes, label)
+    run.heldout = _read_jsonl(path / "heldout.jsonl", run.notes, label)
+    run.retention = _read_jsonl(path / "retention.jsonl", run.notes, label)
     run.final = _read_json(path / "final.json", run.notes, label)
     if not run.batches:
         run.notes.append(f"{label}: no batches logged (batches.jsonl missing or empty)")

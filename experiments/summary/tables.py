@@ -387,3 +387,89 @@ def activation_table(runs: list[Run]) -> Table | None:
                 row[f"L{layer}"] = _num(share[layer]) if ok else None
             table.rows.append(row)
     return table
+
+
+def _ci(v) -> str | None:
+    """ "[lo, hi]" of a logged interval (None when absent)."""
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(_num(x) is not None for x in v):
+        return f"[{_num(v[0]):.3f}, {_num(v[1]):.3f}]"
+    return None
+
+
+def heldout_table(runs: list[Run]) -> Table | None:
+    """Held-out perplexity and drift at every logged point, with their 95 % intervals (unit: the
+    document)."""
+    if not any(r.heldout for r in runs):
+        return None
+    cols = [
+        Column("run", "run"),
+        Column("num_edits", "edits"),
+        Column("perplexity", "perplexity", f3d),
+        Column("perplexity_ci", "95 % CI"),
+        Column("kl", "KL(edited ‖ unedited)", fx),
+        Column("kl_ci", "95 % CI"),
+        Column("top1_agreement", "top-1 agreement", f3d),
+        Column("top1_agreement_ci", "95 % CI"),
+    ]
+    table = Table(
+        "heldout",
+        "6. Held-out perplexity and drift from the unedited model",
+        cols,
+        caption="Held-out text C0 never saw (heldout.jsonl; edits 0 = the unedited model). "
+        "Intervals: bootstrap over documents.",
+    )
+    for r in runs:
+        if not r.heldout:
+            continue
+        for p in sorted(r.heldout, key=lambda x: _num(x.get("num_edits")) or 0):
+            table.rows.append(
+                {
+                    "run": r.label,
+                    "num_edits": int(_num(p.get("num_edits")) or 0),
+                    "perplexity": _num(p.get("perplexity")),
+                    "perplexity_ci": _ci(p.get("perplexity_ci")),
+                    "kl": _num(p.get("kl")),
+                    "kl_ci": _ci(p.get("kl_ci")),
+                    "top1_agreement": _num(p.get("top1_agreement")),
+                    "top1_agreement_ci": _ci(p.get("top1_agreement_ci")),
+                }
+            )
+    return table
+
+
+def retention_table(runs: list[Run]) -> Table | None:
+    """Efficacy of each earlier batch at every retention point (retention.jsonl)."""
+    if not any(r.retention for r in runs):
+        return None
+    cols = [
+        Column("run", "run"),
+        Column("num_edits", "edits"),
+        Column("batch", "batch"),
+        Column("ES", "ES", f1d),
+        Column("ES_ci", "95 % CI"),
+        Column("PS", "PS", f1d),
+        Column("n", "records"),
+    ]
+    table = Table(
+        "retention",
+        "7. Retention of earlier edits",
+        cols,
+        caption="ES/PS of each earlier batch's records (a seeded sample) on the model at that "
+        "point; intervals: bootstrap over records.",
+    )
+    for r in runs:
+        for point in r.retention:
+            for b in point.get("batches", []):
+                ci = b.get("ci") if isinstance(b.get("ci"), dict) else {}
+                table.rows.append(
+                    {
+                        "run": r.label,
+                        "num_edits": int(_num(point.get("num_edits")) or 0),
+                        "batch": b.get("batch"),
+                        "ES": _num(b.get("ES")),
+                        "ES_ci": _ci(ci.get("ES")),
+                        "PS": _num(b.get("PS")),
+                        "n": b.get("n"),
+                    }
+                )
+    return table

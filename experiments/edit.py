@@ -65,6 +65,7 @@ from jaxedit import (
 from jaxedit import config as config_lib
 from jaxedit import requests as requests_lib
 from jaxedit.corpus import wikitext_paragraphs
+from jaxedit.downstream import power
 from jaxedit.errors import CorruptFileError, InputError
 from jaxedit.progress import Progress
 
@@ -155,7 +156,22 @@ flags.DEFINE_integer(
     "Evaluate downstream tasks every k batches (0: only at the end when --downstream is given).",
     lower_bound=0,
 )
-flags.DEFINE_integer("downstream_tests", 100, "Test items per downstream task.", lower_bound=1)
+flags.DEFINE_enum(
+    "downstream_protocol",
+    "likelihood",
+    ["likelihood", "reference"],
+    "likelihood: every test item scored by the answer word's log-probability, per-item predictions "
+    "kept, accuracy/F1/MCC with CIs over items, paired differences and McNemar against the "
+    "unedited model; reference: the reference's generation protocol on 100 items (f1, mcc, "
+    "f1_new). A run started before this flag keeps the reference protocol when resumed.",
+)
+flags.DEFINE_integer(
+    "downstream_tests",
+    None,
+    "Test items per downstream task (default: all for the likelihood protocol, 100 for the "
+    "reference one).",
+    lower_bound=1,
+)
 flags.DEFINE_integer(
     "downstream_shots",
     4,
@@ -243,6 +259,7 @@ __doc__ = console.help_sections(
             [
                 "downstream",
                 "downstream_every",
+                "downstream_protocol",
                 "downstream_tests",
                 "downstream_shots",
                 "downstream_quirks",
@@ -606,6 +623,7 @@ class Evaluator:
                 max_length=min(1024, model.config.max_position_embeddings),
             )
         self._drift_ref = None  # the unedited model's top-k, computed on first use
+        self.base_downstream: dict = {}  # the unedited model's downstream results, once known
         self.texts = None
         if FLAGS.activation_texts:
             self.texts = (
@@ -625,9 +643,10 @@ class Evaluator:
             "downstream": {
                 "tasks": self.tasks,
                 "every": FLAGS.downstream_every,
-                "num_tests": FLAGS.downstream_tests,
+                "num_tests": downstream_num_tests(),
                 "num_few_shots": FLAGS.downstream_shots,
                 "quirks": FLAGS.downstream_quirks,
+                "protocol": FLAGS.downstream_protocol,
             },
             "activation_texts": FLAGS.activation_texts,
             "heldout": {
@@ -652,8 +671,8 @@ class Evaluator:
             if key not in ("downstream", "heldout", "retention") and old.get(key) != new[key]:
                 return f"{key}={old.get(key)!r}, this run {new[key]!r}"
         od, nd = old.get("downstream", {}), new["downstream"]
-        for key in ("num_tests", "num_few_shots", "quirks"):
-            if od.get(key) != nd[key]:
+        for key in ("num_tests", "num_few_shots", "quirks", "protocol"):
+            if od.get(key, "reference" if key == "protocol" else None) != nd[key]:
                 return f"downstream {key}={od.get(key)!r}, this run {nd[key]!r}"
         missing = [t for t in self.tasks if t not in baseline.get("downstream", {})]
         return f"no downstream {missing}" if missing else None
@@ -676,17 +695,32 @@ class Evaluator:
         return {k: v for k, v in res.items() if k not in ("per_record", "texts")}
 
     def downstream(self, model, tasks=None) -> dict:
+        """Downstream scores; with the likelihood protocol also each task's per-item labels and
+        predictions (`items`) and `power`: accuracy/F1/MCC with CIs over items, paired against the
+        unedited model's predictions (`base_downstream`) when they are known."""
         tasks = self.tasks if tasks is None else tasks
         if not tasks:
             return {}
-        return downstream.evaluate_downstream(
+        likelihood = FLAGS.downstream_protocol == "likelihood"
+        res = downstream.evaluate_downstream(
             model,
             tasks,
             self.downstream_data,
-            num_tests=FLAGS.downstream_tests,
+            num_tests=downstream_num_tests(),
             num_few_shots=FLAGS.downstream_shots,
             quirks=FLAGS.downstream_quirks,
+            details=likelihood,
         )
+        for name, r in res.items() if likelihood else ():
+            recs = r.pop("records")
+            labels, preds = [x["label"] for x in recs], [x["pred_new"] for x in recs]
+            r["items"] = {"labels": labels, "preds": preds}
+            base = (self.base_downstream.get(name) or {}).get("items")
+            if base is not None and base["labels"] == labels and model is not self.model:
+                r["power"] = power.paired_scores(labels, preds, base["preds"], seed=FLAGS.eval_seed)
+            else:
+                r["power"] = power.item_scores(labels, preds, seed=FLAGS.eval_seed)
+        return res
 
     def heldout_point(self, model) -> dict | None:
         """Held-out NLL/perplexity and (with --drift) KL / top-1 agreement against the unedited
@@ -761,6 +795,28 @@ class Evaluator:
         return metrics.summarize_counterfact([baseline["records"][i] for i in idx])
 
 
+def downstream_num_tests() -> int | None:
+    """--downstream_tests, else every test item (likelihood protocol) or the reference's 100."""
+    if FLAGS.downstream_tests is not None:
+        return FLAGS.downstream_tests
+    return None if FLAGS.downstream_protocol == "likelihood" else 100
+
+
+def resolve_protocol(workdir: Path) -> None:
+    """A run directory started before --downstream_protocol existed (its run.json records
+    downstream settings without a protocol) keeps the reference protocol when resumed, unless the
+    flag is given."""
+    if FLAGS["downstream_protocol"].present or not (workdir / "run.json").is_file():
+        return
+    try:
+        old = json.loads((workdir / "run.json").read_text()).get("evaluation", {})
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return  # read_run_dir names a damaged run.json
+    settings = old.get("downstream") if isinstance(old, dict) else None
+    if isinstance(settings, dict) and settings.get("tasks") and "protocol" not in settings:
+        FLAGS.downstream_protocol = "reference"
+
+
 def downstream_tasks() -> list[str]:
     """The --downstream tasks by their registry names ("sst" -> sst2; unknown names refused)."""
     names = [t.strip() for t in FLAGS.downstream if t.strip()]
@@ -773,7 +829,7 @@ def check_downstream_data(tasks: list[str]) -> None:
         downstream.check_data(
             tasks,
             paths.dataset("downstream", FLAGS.downstream_data, flag="--downstream_data"),
-            num_tests=FLAGS.downstream_tests,
+            num_tests=downstream_num_tests(),
             num_few_shots=FLAGS.downstream_shots,
         )
 
@@ -844,6 +900,7 @@ def fill_snapshots(workdir: Path, ev: Evaluator, ed: editor.Editor) -> None:
     """Adds missing downstream tasks and activation points for every saved snapshot."""
     down = read_jsonl(workdir / "downstream.jsonl")
     acts = read_jsonl(workdir / "activation.jsonl")
+    ev.base_downstream = dict(next((r["tasks"] for r in down if r["num_edits"] == 0), {}))
     points = [(0, None)] + [
         (int(p.stem.split("_")[1]), p) for p in sorted((workdir / "snapshots").glob("edits_*.npz"))
     ]
@@ -867,6 +924,8 @@ def fill_snapshots(workdir: Path, ev: Evaluator, ed: editor.Editor) -> None:
                 }
                 down.append(row)
             row["tasks"].update(res)
+            if path is None:  # the unedited predictions that later points are paired with
+                ev.base_downstream.update(res)
             logging.info("after %d edits: evaluated %s", num_edits, missing)
             base_path = workdir / "baseline.json"
             if (
@@ -1004,6 +1063,7 @@ def main(argv):
     fresh = FLAGS.overwrite or new
     dump_existed = not FLAGS.dump_dir or Path(FLAGS.dump_dir).exists()
     check_flags()
+    resolve_protocol(workdir)
     cli.start_processes()
     if not writer():  # logs and tables come from process 0 only
         logging.set_verbosity(logging.ERROR)
@@ -1055,6 +1115,7 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
         logging.info("computing the unedited baseline")
         baseline = ev.baseline()
         write_json(base_path, baseline)
+    ev.base_downstream = dict(baseline.get("downstream", {}))  # what later points pair with
     # The curves start at the baseline: row 0 of downstream.jsonl holds this run's tasks (a baseline
     # computed with more tasks is restricted to them), activation.jsonl starts with the unedited
     # shares.

@@ -247,6 +247,13 @@ def test_protocol_resumes_without_losing_or_repeating_edits(setup):
     down = read("full", "downstream.jsonl")
     assert [d["num_edits"] for d in down] == [0, 2, 3]  # baseline, every 2 batches, the end
     assert set(down[1]["tasks"]["sst2"]) >= {"f1", "f1_new", "mcc", "invalid"}
+    # The likelihood protocol (the default): per-item predictions, CIs over items, and from the
+    # first edited point on the paired difference from the unedited model and McNemar's test.
+    base_sst, later = down[0]["tasks"]["sst2"], down[1]["tasks"]["sst2"]
+    assert len(base_sst["items"]["preds"]) == 4 and "difference" not in base_sst["power"]
+    assert later["items"]["labels"] == base_sst["items"]["labels"]
+    assert set(later["power"]["difference"]) == {"accuracy", "f1", "mcc"}
+    assert 0.0 <= later["power"]["mcnemar"]["p"] <= 1.0
     assert _strip_times(down) == _strip_times(read("part", "downstream.jsonl"))
     acts = read("full", "activation.jsonl")
     assert [a["num_edits"] for a in acts] == [0, 2, 3] and len(acts[0]["mlp_share"]) == 4

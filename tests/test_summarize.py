@@ -116,10 +116,14 @@ def runs(tmp_path_factory):
             "downstream": {},
         },
     )
-    _jsonl(
-        a / "downstream.jsonl",
-        [_downstream(0, -1, [0.8, 0.4], [0.7, 0.3]), _downstream(4, 1, [0.7, 0.3], [0.6, 0.2])],
-    )
+    later = _downstream(4, 1, [0.7, 0.3], [0.6, 0.2])
+    later["tasks"][TASKS[0]]["power"] = {  # the likelihood protocol's paired scores
+        "n": 846,
+        "accuracy": {"value": 0.55, "ci": [0.52, 0.58]},
+        "difference": {"accuracy": {"value": -0.04, "ci": [-0.06, -0.02], "significant": True}},
+        "mcnemar": {"b": 10, "c": 44, "p": 3e-6},
+    }
+    _jsonl(a / "downstream.jsonl", [_downstream(0, -1, [0.8, 0.4], [0.7, 0.3]), later])
     _jsonl(
         a / "activation.jsonl",
         [
@@ -343,6 +347,15 @@ def test_activation_table(result):
     assert rows[("ENCORE", "last")]["num_edits"] == 4
     assert "L0" not in rows[("ENCORE", "first")]
     assert not any(r == "MEMIT-seq" for r, _ in rows)
+
+
+def test_downstream_power_table(result):
+    rows = result[1]["tables"]["downstream_power"].rows
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["run"], row["num_edits"], row["task"], row["n"]) == ("ENCORE", 4, TASKS[0], 846)
+    assert row["diff_ci"] == "[-0.060, -0.020]" and row["significant"] is True
+    assert row["mcnemar_p"] == 3e-6
 
 
 def test_heldout_and_retention_tables(result):

@@ -19,6 +19,7 @@ from .runs import (
 from .tables import (
     _cell,
     activation_table,
+    downstream_power_table,
     downstream_table,
     editing_table,
     heldout_table,
@@ -71,7 +72,13 @@ def summarize(
         downstream_table(loaded, "f1_new", "3b"),
         norms_table(loaded),
     ]
-    for extra in (activation_table(loaded), heldout_table(loaded), retention_table(loaded)):
+    extras = (
+        downstream_power_table(loaded),
+        activation_table(loaded),
+        heldout_table(loaded),
+        retention_table(loaded),
+    )
+    for extra in extras:
         if extra is not None:
             tables.append(extra)
     # Downstream f1_new is often absent when f1 is: drop an empty f1_new table silently.

@@ -473,3 +473,53 @@ def retention_table(runs: list[Run]) -> Table | None:
                     }
                 )
     return table
+
+
+def downstream_power_table(runs: list[Run]) -> Table | None:
+    """The likelihood protocol's downstream accuracy with its CI over items, and the paired
+    difference from the unedited model (CI, significant, McNemar's exact p) at every point."""
+    if not any(
+        "power" in t for r in runs for p in _downstream_points(r) for t in p["tasks"].values()
+    ):
+        return None
+    cols = [
+        Column("run", "run"),
+        Column("num_edits", "edits"),
+        Column("task", "task"),
+        Column("accuracy", "accuracy", f3d),
+        Column("accuracy_ci", "95 % CI"),
+        Column("diff", "Δ vs unedited", f3d),
+        Column("diff_ci", "95 % CI of Δ"),
+        Column("significant", "significant"),
+        Column("mcnemar_p", "McNemar p", fx),
+        Column("n", "items"),
+    ]
+    table = Table(
+        "downstream_power",
+        "3c. Downstream accuracy (answer likelihood, every test item) with paired differences",
+        cols,
+        caption="Intervals: bootstrap over test items; Δ: the same items on the unedited model, "
+        "significant when its interval excludes 0.",
+    )
+    for r in runs:
+        for p in _downstream_points(r):
+            for task, res in p["tasks"].items():
+                pw = res.get("power") if isinstance(res, dict) else None
+                if not isinstance(pw, dict) or "accuracy" not in pw:
+                    continue
+                diff = (pw.get("difference") or {}).get("accuracy") or {}
+                table.rows.append(
+                    {
+                        "run": r.label,
+                        "num_edits": p["num_edits"],
+                        "task": task,
+                        "accuracy": _num(pw["accuracy"].get("value")),
+                        "accuracy_ci": _ci(pw["accuracy"].get("ci")),
+                        "diff": _num(diff.get("value")),
+                        "diff_ci": _ci(diff.get("ci")),
+                        "significant": diff.get("significant"),
+                        "mcnemar_p": _num((pw.get("mcnemar") or {}).get("p")),
+                        "n": pw.get("n"),
+                    }
+                )
+    return table

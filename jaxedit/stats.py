@@ -369,7 +369,7 @@ def layer_stats(
         new, count = collect_second_moments(model, toks, todo, total=len(docs), progress=progress)
         for layer, c in new.items():
             cov[layer] = c
-            if cache:
+            if cache and jax.process_index() == 0:  # one writer in a multi-host run
                 cache.put_cov(
                     layer,
                     c,
@@ -389,7 +389,7 @@ def layer_stats(
                 proj, dim = solve.null_space_projector(jnp.asarray(cov[layer]), null_threshold)
                 proj = np.asarray(proj)
                 log.info("AlphaEdit null space of layer %d: dimension %d", layer, int(dim))
-                if cache:
+                if cache and jax.process_index() == 0:
                     cache.put_proj(layer, null_threshold, proj)
             stats.null_proj[layer] = jnp.asarray(proj)
     return stats

@@ -125,6 +125,7 @@ def test_config_override_is_recorded_in_run_json(setup):
     assert run["config"]["solve"]["norm_lambda"] == 2.0
 
 
+@pytest.mark.slow  # an edit.py run with every new measure (≈ 1 min on 2 cores)
 def test_heldout_drift_retention_and_final_intervals(setup):
     """--heldout_text / --drift / --retention_every: heldout.jsonl starts at the unedited model
     (KL 0, agreement 1), drift after the edits is > 0; retention = ES/PS of each batch's records on

@@ -186,6 +186,7 @@ def test_perplexity_matches_transformers(gpt2_tok, tmp_path):
     assert res["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-4)
 
 
+@pytest.mark.slow  # a subprocess: JAX start-up and compiles (≈ 30 s on 2 cores)
 def test_evaluate_binary_writes_perplexity(gpt2_tok, tmp_path):
     """`experiments/evaluate.py --perplexity_text`: the JSON fields, equal to the library's."""
     import json

@@ -123,11 +123,13 @@ def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch, mesh):
         "outputs"
     ]
     assert "figure: 2 panels, 3 points per layer" in _text(cells["plot"])
-    # Export round trip is exact.
+    # Export round trip: exact on one device. On the mesh the edited model's logits come from
+    # partitioned matmuls and the reloaded model's from one device, so they agree to rounding
+    # (the exported weights themselves are exact: tests/test_convert.py).
     m = re.search(
         r"round trip: max \|logits\(edited\) - logits\(reloaded\)\| = (\S+)", _text(cells["export"])
     )
-    assert m and float(m.group(1)) == 0.0, _text(cells["export"])
+    assert m and float(m.group(1)) <= (1e-4 if mesh else 0.0), _text(cells["export"])
     summary = _text(cells["summary"])
     for key in ("ES", "PS", "NS", "S"):
         m = re.search(rf"^{key} before -> after: (\S+) -> (\S+)$", summary, re.M)

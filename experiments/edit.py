@@ -692,7 +692,7 @@ class Evaluator:
         res = entropy.counterfact_generation_entropy(
             model, reqs, pool_path=self.pool, seed=FLAGS.eval_seed
         )
-        return {k: v for k, v in res.items() if k not in ("per_record", "texts")}
+        return {k: v for k, v in res.items() if k != "texts"}  # per_record: for the GE CI
 
     def downstream(self, model, tasks=None) -> dict:
         """Downstream scores; with the likelihood protocol also each task's per-item labels and
@@ -752,8 +752,12 @@ class Evaluator:
             row = {"batch": b, "n": len(reqs), "case_ids": [r.case_id for r in reqs]}
             row.update({k2: res["scores"][k2] for k2 in ("ES", "PS") if k2 in res["scores"]})
             if not self.zsre:
-                ci = metrics.counterfact_intervals(records_view(res), seed=FLAGS.eval_seed)
+                view = records_view(res)
+                ci = metrics.counterfact_intervals(view, seed=FLAGS.eval_seed)
                 row["ci"] = {k2: ci["ci"][k2] for k2 in ("ES", "PS")}
+                # Per-record success rates (aligned with case_ids): paired comparisons of runs.
+                vals = metrics.counterfact_record_values(view)
+                row["records"] = {k2: _finite_list(vals[k2]) for k2 in ("ES", "PS")}
             rows.append(row)
         return rows
 
@@ -1267,11 +1271,30 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
             ]
             final["after_minus_before"] = ci["difference"]
             final["ci_unit"] = "record"
+            vals = metrics.counterfact_record_values(records_view(after))
+            final["after_records"] = {
+                "case_ids": [reqs[i].case_id for i in idx],
+                **{k: _finite_list(v) for k, v in vals.items()},
+            }
         ge = ev.generation_entropy(edited)
         if ge is not None:
-            final["before"]["GE"] = baseline.get("generation", {}).get("GE")
+            base_ge = baseline.get("generation", {})
+            final["before"]["GE"] = base_ge.get("GE")
             final["after"]["GE"] = ge["GE"]
             final["evaluated"]["generation_records"] = ge.get("num_records")
+            before_per = base_ge.get("per_record")  # absent in baselines of older runs
+            if before_per is not None and len(before_per) != len(ge["per_record"]):
+                before_per = None
+            ge_ci = metrics.generation_entropy_intervals(
+                ge["per_record"], before_per, seed=FLAGS.eval_seed
+            )
+            final.setdefault("after_ci", {})["GE"] = ge_ci["ci"]
+            if before_per is not None:
+                final.setdefault("before_ci", {})["GE"] = metrics.generation_entropy_intervals(
+                    before_per, seed=FLAGS.eval_seed
+                )["ci"]
+                if "difference" in ge_ci:
+                    final.setdefault("after_minus_before", {})["GE"] = ge_ci["difference"]
         logging.info("editing metrics before %s after %s", final["before"], final["after"])
     write_json(workdir / "final.json", final)
     if FLAGS.export_dir:
@@ -1283,6 +1306,11 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
             logging.info("exported the edited model to %s", FLAGS.export_dir)
     if writer():
         print(json.dumps(final))
+
+
+def _finite_list(values) -> list:
+    """Floats for JSON, None for NaN (a record without prompts of that kind)."""
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, np.float64)]
 
 
 def sync(name: str) -> None:

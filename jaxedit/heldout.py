@@ -232,4 +232,27 @@ def measure(
             top1_agreement_ci=agree["ci"],
             drift_top_k=ref.k,
         )
+    # The per-document sums (aligned with `heldout.docs`): what a paired comparison of two models
+    # on the same documents resamples (`paired_ratio`).
+    out["per_doc"] = {k: [float(x) for x in np.asarray(v)] for k, v in sums.items()}
     return out
+
+
+def paired_ratio(a: dict, b: dict, key: str = "nll", *, seed: int = 0, n_boot: int = 1000) -> dict:
+    """Σ key / Σ count of model a minus that of model b, from two `measure(...)["per_doc"]` on the
+    same documents, with the interval over documents resampled jointly for both models
+    (`significant` when it excludes 0). For key "nll" the difference is of mean NLL per token
+    (log of the perplexity ratio)."""
+    num_a, den_a = np.asarray(a[key], np.float64), np.asarray(a["count"], np.float64)
+    num_b, den_b = np.asarray(b[key], np.float64), np.asarray(b["count"], np.float64)
+    if not (len(num_a) == len(num_b) == len(den_a) == len(den_b)) or not np.array_equal(
+        den_a, den_b
+    ):
+        raise ValueError("paired held-out scores must be of the same documents and tokens")
+
+    def ratio(num, den):
+        return float(np.sum(num) / max(float(np.sum(den)), 1e-300))
+
+    return uncertainty.paired_difference(
+        ratio, [num_a, den_a], [num_b, den_b], seed=seed, n_boot=n_boot
+    )

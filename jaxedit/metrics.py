@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxedit import entropy
+from jaxedit import entropy, uncertainty
 from jaxedit.lm import LanguageModel
 from jaxedit.models import Probe
 from jaxedit.progress import Progress
@@ -340,4 +340,36 @@ def counterfact_intervals(
                 "significant": bool(d_ci[0] > 0 or d_ci[1] < 0),
             }
         out["difference"] = diff
+    return out
+
+
+def generation_entropy_intervals(
+    after: Sequence[float | None],
+    before: Sequence[float | None] | None = None,
+    *,
+    seed: int = 0,
+    n_boot: int = 1000,
+    level: float = 0.95,
+) -> dict:
+    """95 % bootstrap interval (the unit: the record) of GE = 100 × mean per-record n-gram entropy
+    (`entropy.generation_entropy`'s `per_record`, None where a record had no prompts); with
+    `before` (the same records on another model, aligned) also the paired difference after −
+    before over the records that have both, `significant` when its interval excludes 0."""
+    a = np.asarray([np.nan if v is None else 100.0 * v for v in after], np.float64)
+    ok = ~np.isnan(a)
+    if not ok.any():
+        return {"unit": "record", "n": 0, "ci": [float("nan"), float("nan")]}
+    out: dict = {
+        "unit": "record",
+        **uncertainty.bootstrap_mean(a[ok], seed=seed, n_boot=n_boot, level=level),
+    }
+    if before is not None:
+        if len(before) != len(after):
+            raise ValueError("before and after GE must list the same records")
+        b = np.asarray([np.nan if v is None else 100.0 * v for v in before], np.float64)
+        both = ok & ~np.isnan(b)
+        if both.any():
+            out["difference"] = uncertainty.paired_difference(
+                np.mean, [a[both]], [b[both]], seed=seed, n_boot=n_boot, level=level
+            )
     return out

@@ -176,6 +176,17 @@ def test_heldout_drift_retention_and_final_intervals(setup):
         lo, hi = final["after_ci"][k]
         assert lo <= final["after"][k] <= hi
         assert set(final["after_minus_before"][k]) == {"value", "ci", "significant"}
+    # Per-unit values for paired comparisons of runs: records, documents, retention records.
+    rec = final["after_records"]
+    assert rec["case_ids"] == [r.case_id for r in reqs] and len(rec["ES"]) == len(reqs)
+    assert np.mean(rec["ES"]) * 100 == pytest.approx(final["after"]["ES"])
+    assert len(held[1]["per_doc"]["nll"]) == 8
+    assert sum(held[1]["per_doc"]["count"]) == held[1]["tokens"]
+    assert ret[-1]["batches"][0]["records"]["ES"] == [ret[-1]["batches"][0]["ES"] / 100]
+    # GE (one record has generation prompts) has its CI and the paired difference too.
+    lo, hi = final["after_ci"]["GE"]
+    assert lo <= final["after"]["GE"] <= hi
+    assert final["after_minus_before"]["GE"]["n"] == 1
 
 
 def test_bad_input_exits_nonzero_and_writes_no_model(setup):

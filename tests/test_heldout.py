@@ -124,6 +124,16 @@ def test_drift_is_zero_unedited_and_positive_after_an_edit(gpt2_tok, tmp_path):
     assert after["kl"] <= full * (1 + 1e-4) + 1e-7
     whole = heldout.measure(edited, hd, ref=heldout.reference(base, hd, k=base.config.vocab_size))
     assert whole["kl"] == pytest.approx(full, rel=1e-3)
+    # Paired comparison on the same documents: a model against itself differs by exactly 0;
+    # the per-document sums add up to the reported totals.
+    per_a, per_b = after["per_doc"], same["per_doc"]
+    assert len(per_a["nll"]) == len(hd.docs) and sum(per_a["count"]) == after["tokens"]
+    assert sum(per_a["nll"]) / sum(per_a["count"]) == pytest.approx(after["nll"], rel=1e-9)
+    zero = heldout.paired_ratio(per_a, per_a)
+    assert zero["value"] == 0 and zero["ci"] == [0.0, 0.0] and not zero["significant"]
+    d = heldout.paired_ratio(per_a, per_b, "kl")
+    assert d["value"] == pytest.approx(after["kl"] - same["kl"], rel=1e-6)
+    assert d["ci"][0] <= d["value"] <= d["ci"][1]
 
 
 def test_bootstrap_covers_the_true_mean_at_the_stated_rate():
@@ -256,6 +266,26 @@ def test_counterfact_intervals_and_paired_differences():
     assert metrics.counterfact_intervals(after, seed=1) == {
         k: v for k, v in res.items() if k != "difference"
     }
+
+
+def test_generation_entropy_intervals():
+    from jaxedit import metrics
+
+    rng = np.random.default_rng(3)
+    before = [float(x) for x in rng.normal(6.0, 0.3, 150)]
+    after = [b - 0.5 + float(e) for b, e in zip(before, rng.normal(0, 0.1, 150))]
+    before[7], after[11] = None, None  # records without prompts are left out
+    res = metrics.generation_entropy_intervals(after, before, seed=2)
+    vals = [100 * v for v in after if v is not None]
+    lo, hi = res["ci"]
+    assert res["unit"] == "record" and res["n"] == 149
+    assert lo <= np.mean(vals) <= hi and hi - lo < 20
+    d = res["difference"]
+    assert d["n"] == 148 and d["significant"] and -55 < d["value"] < -45
+    assert d["ci"][0] < d["value"] < d["ci"][1] < 0
+    same = metrics.generation_entropy_intervals(after, after, seed=2)["difference"]
+    assert not same["significant"] and same["value"] == 0
+    assert metrics.generation_entropy_intervals([None, None])["n"] == 0
 
 
 def test_downstream_paired_scores():

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import struct
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +275,8 @@ def test_editing_table(result):
     t = result[1]["tables"]["editing"]
     runs = [r["run"] for r in t.rows]
     assert runs == ["unedited", "ENCORE", "MEMIT-seq"]  # partial run reported in a note instead
-    assert [c.key for c in t.columns][-6:] == ["ES", "PS", "NS", "S", "GE", "ES_acc"]
+    shown = [c.key for c in t.columns if c.markdown]
+    assert shown[-6:] == ["ES", "PS", "NS", "S", "GE", "ES_acc"]
     unedited, encore, memit = t.rows
     assert unedited["ES"] == 33.33 and unedited["ES_acc"] == 10.0 and unedited["num_records"] == 6
     assert encore["PS"] == 91.67 and encore["num_edits"] == 6
@@ -397,6 +400,9 @@ def test_files_csv_json_and_pngs(result):
         "downstream_f1_new.png",
         "activation_share.png",
         "mpes.png",
+        "downstream_accuracy.png",
+        "heldout.png",
+        "retention.png",
     ):
         raw = (out / name).read_bytes()
         assert raw[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -422,3 +428,133 @@ def test_labels_flag_missing_dirs_and_empty(runs, tmp_path):
     res = summarize_mod.summarize(str(empty), tmp_path / "o3", plots=True)
     assert "no run.json" in res["markdown"] and "no batches logged" in res["markdown"]
     assert (tmp_path / "o3" / "summary.md").exists()
+
+
+def _cf_record(es: bool) -> dict:
+    """A baseline.json record whose rewrite prompt succeeds (ES 1) or not (ES 0)."""
+    new, true = (1.0, 2.0) if es else (2.0, 1.0)
+    return {
+        "rewrite": [{"target_new": new, "target_true": true}],
+        "paraphrase": [{"target_new": new, "target_true": true}],
+        "neighborhood": [{"target_new": 2.0, "target_true": 1.0}],
+    }
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory):
+    """Two runs with per-unit values and known differences: A degrades every measure, B is the
+    unedited model on held-out text and downstream items and succeeds on every edit."""
+    root = tmp_path_factory.mktemp("paired")
+    n_docs, n_items, ids = 40, 200, list(range(100, 120))
+    count = [float(10 + (i % 7)) for i in range(n_docs)]
+    base_nll = [3.0 * c for c in count]
+    labels = [i % 2 for i in range(n_items)]
+    base_recs = [_cf_record(False) for _ in ids]
+
+    def held(n, shift, kl, agree):
+        return {
+            "num_edits": n,
+            "batch": n // 10 - 1,
+            "perplexity": math.exp(3.0 + shift),
+            "per_doc": {
+                "nll": [x + shift * c for x, c in zip(base_nll, count)],
+                "count": count,
+                "kl": [kl * c for c in count],
+                "agree": [agree * c for c in count],
+            },
+        }
+
+    def down(n, wrong):
+        preds = [1 - y if i < wrong else y for i, y in enumerate(labels)]
+        return {
+            "num_edits": n,
+            "batch": n // 10 - 1,
+            "tasks": {"sst2": {"f1_new": 0.5, "items": {"labels": labels, "preds": preds}}},
+        }
+
+    def retention(n, es):
+        return {
+            "num_edits": n,
+            "batches": [
+                {
+                    "batch": 0,
+                    "n": len(ids),
+                    "case_ids": ids,
+                    "ES": 100 * np.mean(es),
+                    "records": {"ES": es, "PS": es},
+                }
+            ],
+        }
+
+    rng = np.random.default_rng(0)
+    for name, shift, kl, agree, wrong, es in (
+        ("a", 0.2, 0.05, 0.9, 40, [float(x) for x in rng.random(len(ids)) < 0.5]),
+        ("b", 0.0, 0.0, 1.0, 0, [1.0] * len(ids)),
+    ):
+        d = root / name
+        d.mkdir()
+        _write(d / "run.json", {"label": name.upper(), "config": {"method": "ENCORE"}})
+        _jsonl(d / "batches.jsonl", [{"batch": 0, "num_edits": 20}])
+        _write(d / "baseline.json", {"case_ids": ids, "records": base_recs})
+        _jsonl(d / "heldout.jsonl", [held(0, 0.0, 0.0, 1.0), held(20, shift, kl, agree)])
+        _jsonl(d / "downstream.jsonl", [down(0, 0), down(20, wrong)])
+        _jsonl(d / "retention.jsonl", [retention(20, es)])
+        after = {"ES": 100 * np.mean(es), "PS": 100 * np.mean(es), "NS": 0.0, "S": 0.0}
+        _write(
+            d / "final.json",
+            {
+                "num_edits": 20,
+                "before": {"ES": 0.0, "PS": 0.0, "NS": 0.0, "S": 0.0},
+                "after": after,
+                "after_ci": {"ES": [after["ES"] - 10, min(after["ES"] + 10, 100.0)]},
+                "after_minus_before": {
+                    "ES": {
+                        "value": after["ES"],
+                        "ci": [after["ES"] - 10, 100.0],
+                        "significant": True,
+                    }
+                },
+                "after_records": {"case_ids": ids, "ES": es, "PS": es, "NS": [0.0] * len(ids)},
+            },
+        )
+    out = root / "out"
+    return summarize_mod.summarize(f"{root / 'a'},{root / 'b'}", out), out
+
+
+def test_paired_differences_and_statement(paired):
+    res, out = paired
+    rows = {(r["comparison"], r["measure"]): r for r in res["tables"]["paired"].rows}
+    ppl = rows[("A − unedited", "perplexity (Δ NLL/token)")]
+    assert ppl["diff"] == pytest.approx(0.2) and ppl["significant"] and ppl["unit"] == "document"
+    assert ppl["n"] == 40 and ppl["diff_lo"] == pytest.approx(0.2)  # the same shift everywhere
+    assert rows[("A − unedited", "KL")]["diff"] == pytest.approx(0.05)
+    assert rows[("A − unedited", "top-1")]["diff"] == pytest.approx(-0.1)
+    assert not rows[("B − unedited", "perplexity (Δ NLL/token)")]["significant"]
+    acc = rows[("A − unedited", "sst2 accuracy")]
+    assert acc["diff"] == pytest.approx(-20.0) and acc["significant"] and acc["n"] == 200
+    assert acc["mcnemar_p"] == pytest.approx(2 * 0.5**40)  # 40 discordant pairs, all one way
+    same = rows[("B − unedited", "sst2 accuracy")]
+    assert same["diff"] == 0 and not same["significant"] and same["mcnemar_p"] == 1.0
+    between = rows[("A − B", "sst2 accuracy")]
+    assert between["diff"] == pytest.approx(-20.0) and between["significant"]
+    es_a = float(np.mean(json.loads((out / "../a/final.json").read_text())["after_records"]["ES"]))
+    ret = rows[("A − B", "retention ES")]
+    assert ret["diff"] == pytest.approx(100 * (es_a - 1.0)) and ret["significant"]
+    assert rows[("B − unedited", "retention ES")]["diff"] == pytest.approx(100.0)
+    assert (
+        rows[("A − B", "final NS")]["diff"] == 0 and not rows[("A − B", "final NS")]["significant"]
+    )
+    md = res["markdown"]
+    assert "## 8. Paired differences" in md and "## 9. What is significant" in md
+    line = next(l for l in md.splitlines() if l.startswith("- **B − unedited**"))
+    assert "Not significant: perplexity" in line and "sst2 accuracy (Δ +0 [+0, +0])" in line
+    # The editing table shows the interval and marks the significant paired difference.
+    assert "| A | ENCORE | 20 |" in md and "]* |" in md
+    with open(out / "paired.csv") as f:
+        got = list(csv.DictReader(f))
+    assert {"diff_lo", "diff_hi", "significant", "mcnemar_p"} <= set(got[0])
+    with open(out / "editing.csv") as f:
+        ed = {r["run"]: r for r in csv.DictReader(f)}
+    assert ed["A"]["ES_significant"] == "True" and float(ed["A"]["ES_hi"]) <= 100.0
+    for name in ("heldout.png", "retention.png", "editing.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name

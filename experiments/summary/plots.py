@@ -6,7 +6,16 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
-from .runs import Run, _activation_points, _num, _task_order, downstream_series, norm_series
+from .runs import (
+    Run,
+    _activation_points,
+    _num,
+    _task_order,
+    accuracy_series,
+    downstream_bands,
+    downstream_series,
+    norm_series,
+)
 from .tables import Table
 
 DPI = 100
@@ -105,6 +114,15 @@ def _plot_lines(ax, series_by_run: dict, key: str, styles: dict) -> list[float]:
     return ys
 
 
+def _plot_bands(ax, bands_by_run: dict, key: str, styles: dict) -> None:
+    """Shaded 95 % intervals [(x, lo, hi)] in each run's colour."""
+    for lab, bands in bands_by_run.items():
+        pts = bands.get(key)
+        if pts and lab in styles:
+            xs, lo, hi = zip(*sorted(pts))
+            ax.fill_between(xs, lo, hi, color=styles[lab]["color"], alpha=0.18, linewidth=0)
+
+
 def plot_norm_growth(runs: list[Run], path: Path, styles: dict | None = None) -> bool:
     series = norm_series(runs)
     keys = []
@@ -136,22 +154,147 @@ def plot_norm_growth(runs: list[Run], path: Path, styles: dict | None = None) ->
 
 
 def plot_downstream(runs: list[Run], metric: str, path: Path, styles: dict | None = None) -> bool:
-    series = downstream_series(runs, metric)
+    """Downstream `metric` ("f1", "f1_new" or "accuracy", the last from the likelihood protocol's
+    per-item scores) per task and its mean over tasks; shaded: the 95 % interval over items
+    where the run logged one."""
+    series = accuracy_series(runs) if metric == "accuracy" else downstream_series(runs, metric)
+    bands = downstream_bands(runs, metric)
+    if metric == "accuracy":  # no mean over tasks: the tasks' chance levels differ
+        tasks = [t for t in _task_order(runs) if any(t in s for s in series.values())]
+        if not tasks:
+            return False
+        return _task_panels(series, bands, tasks, styles, path, metric)
     tasks = [t for t in _task_order(runs) if any(t in s for s in series.values())]
     if not tasks:
         return False
-    keys = [*tasks, "mean"]
+    return _task_panels(series, bands, [*tasks, "mean"], styles, path, metric)
+
+
+def _task_panels(series, bands, keys, styles, path: Path, metric: str) -> bool:
     plt = _plt()
     styles = styles or _styles(series)
     fig, axes = _panels(plt, len(keys))
     for ax, key in zip(axes, keys):
         _int_x(ax)
+        _plot_bands(ax, bands, key, styles)
         _plot_lines(ax, series, key, styles)
         ax.set_title(key if key != "mean" else "mean over tasks")
         ax.grid(True, alpha=0.3)
         ax.set_xlabel("edits")
         ax.set_ylabel(f"{metric} ×100")
-    _finish(fig, axes, f"Downstream {metric} ×100")
+    shaded = " (shaded: 95 % CI over test items)" if bands else ""
+    _finish(fig, axes, f"Downstream {metric} ×100{shaded}")
+    _save(fig, path)
+    return True
+
+
+def plot_heldout(runs: list[Run], path: Path, styles: dict | None = None) -> bool:
+    """Held-out perplexity, KL(edited ‖ unedited) and top-1 agreement against edits, with their
+    95 % intervals over documents shaded."""
+    panels = [
+        ("perplexity", "held-out perplexity"),
+        ("kl", "KL(edited ‖ unedited) per token"),
+        ("top1_agreement", "top-1 agreement with the unedited model"),
+    ]
+    series: dict[str, dict[str, list]] = {}
+    bands: dict[str, dict[str, list]] = {}
+    for r in runs:
+        for p in sorted(r.heldout, key=lambda x: _num(x.get("num_edits")) or 0):
+            n = int(_num(p.get("num_edits")) or 0)
+            for key, _ in panels:
+                v, ci = _num(p.get(key)), p.get(f"{key}_ci")
+                if v is None:
+                    continue
+                series.setdefault(r.label, {}).setdefault(key, []).append((n, v))
+                if isinstance(ci, list) and len(ci) == 2 and all(_num(x) is not None for x in ci):
+                    bands.setdefault(r.label, {}).setdefault(key, []).append((n, ci[0], ci[1]))
+    keys = [k for k, _ in panels if any(k in s for s in series.values())]
+    if not keys:
+        return False
+    plt = _plt()
+    styles = styles or _styles(series)
+    fig, axes = _panels(plt, len(keys))
+    titles = dict(panels)
+    for ax, key in zip(axes, keys):
+        _int_x(ax)
+        _plot_bands(ax, bands, key, styles)
+        _plot_lines(ax, series, key, styles)
+        ax.set_title(titles[key])
+        ax.grid(True, alpha=0.3)
+        ax.set_xlabel("edits")
+    _finish(fig, axes, "Held-out text: perplexity and drift (shaded: 95 % CI over documents)")
+    _save(fig, path)
+    return True
+
+
+def plot_retention(runs: list[Run], path: Path, styles: dict | None = None) -> bool:
+    """One panel per run: the ES of each earlier batch's records against edits (a line per
+    batch, its 95 % interval over records shaded)."""
+    data = {}
+    for r in runs:
+        curves: dict[int, list] = {}
+        for point in r.retention:
+            n = int(_num(point.get("num_edits")) or 0)
+            for b in point.get("batches", []):
+                es, ci = _num(b.get("ES")), (b.get("ci") or {}).get("ES")
+                if es is None or not isinstance(b.get("batch"), int):
+                    continue
+                lo, hi = ci if isinstance(ci, list) and len(ci) == 2 else (es, es)
+                curves.setdefault(b["batch"], []).append((n, es, lo, hi))
+        if curves:
+            data[r.label] = curves
+    if not data:
+        return False
+    plt = _plt()
+    fig, axes = _panels(plt, len(data))
+    cmap = plt.get_cmap("viridis")
+    for ax, (lab, curves) in zip(axes, data.items()):
+        _int_x(ax)
+        nb = max(curves) + 1
+        for b, pts in sorted(curves.items()):
+            pts.sort()
+            xs, es, lo, hi = zip(*pts)
+            color = cmap(b / max(nb - 1, 1))
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.08, linewidth=0)
+            ax.plot(xs, es, color=color, marker="o", label=f"batch {b + 1}" if nb <= 12 else None)
+        ax.set_title(lab)
+        ax.set_ylim(-2, 102)
+        ax.grid(True, alpha=0.3)
+        ax.set_xlabel("edits")
+        ax.set_ylabel("ES of the batch's records")
+    _finish(fig, axes, "Retention of earlier edits (shaded: 95 % CI over records)")
+    _save(fig, path)
+    return True
+
+
+def plot_editing(table: Table, path: Path, styles: dict | None = None) -> bool:
+    """ES/PS/NS/S of every row of the editing table as bars with their 95 % intervals."""
+    metrics = ["ES", "PS", "NS", "S"]
+    rows = [r for r in table.rows if any(_num(r.get(m)) is not None for m in metrics)]
+    if not rows or not any(_num(r.get(f"{m}_lo")) is not None for r in rows for m in metrics):
+        return False  # no intervals logged: the table says it all
+    plt = _plt()
+    labels = [r["run"] for r in rows]
+    styles = styles or _styles(labels)
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        xs = [k + (i - (len(rows) - 1) / 2) * width for k in range(len(metrics))]
+        vals = [_num(r.get(m)) or 0.0 for m in metrics]
+        err = [
+            [max(v - (_num(r.get(f"{m}_lo")) or v), 0) for v, m in zip(vals, metrics)],
+            [max((_num(r.get(f"{m}_hi")) or v) - v, 0) for v, m in zip(vals, metrics)],
+        ]
+        color = "0.6" if r["run"] == "unedited" else styles.get(r["run"], {}).get("color")
+        ax.bar(xs, vals, width, yerr=err, capsize=3, color=color, label=r["run"])
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels(metrics)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("score ×100")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(loc="lower right", frameon=False)
+    ax.set_title("CounterFact editing metrics after the last batch (bars: 95 % CI over records)")
+    fig.tight_layout()
     _save(fig, path)
     return True
 

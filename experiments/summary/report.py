@@ -6,7 +6,17 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .plots import _styles, plot_activation, plot_downstream, plot_mpes, plot_norm_growth
+from .paired import paired_table, statement
+from .plots import (
+    _styles,
+    plot_activation,
+    plot_downstream,
+    plot_editing,
+    plot_heldout,
+    plot_mpes,
+    plot_norm_growth,
+    plot_retention,
+)
 from .runs import (
     Run,
     _shown,
@@ -77,6 +87,7 @@ def summarize(
         activation_table(loaded),
         heldout_table(loaded),
         retention_table(loaded),
+        paired_table(loaded),
     )
     for extra in extras:
         if extra is not None:
@@ -93,6 +104,10 @@ def summarize(
             ("downstream_f1_new.png", lambda p: plot_downstream(loaded, "f1_new", p, styles)),
             ("activation_share.png", lambda p: plot_activation(loaded, p, styles)),
             ("mpes.png", lambda p: plot_mpes(tables[1], p, styles)),
+            ("downstream_accuracy.png", lambda p: plot_downstream(loaded, "accuracy", p, styles)),
+            ("editing.png", lambda p: plot_editing(tables[0], p, styles)),
+            ("heldout.png", lambda p: plot_heldout(loaded, p, styles)),
+            ("retention.png", lambda p: plot_retention(loaded, p, styles)),
         ]
         for name, job in plot_jobs:
             try:
@@ -115,6 +130,9 @@ def summarize(
     md.append("")
     for t in tables:
         md.append(t.markdown())
+    paired = next((t for t in tables if t.name == "paired"), None)
+    if paired is not None:
+        md.append(statement(paired))
     if files:
         md.append("## Plots\n")
         md += [f"![{f}]({f})" for f in files]

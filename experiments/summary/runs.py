@@ -286,6 +286,42 @@ def downstream_series(
     return out
 
 
+def downstream_bands(runs: list[Run], metric: str) -> dict[str, dict[str, list[tuple]]]:
+    """{run label: {task: [(num_edits, lo, hi)]}}: the 95 % intervals over items (x100) of the
+    likelihood protocol's `power` scores (its F1 is f1_new's; "accuracy" is its own)."""
+    key = {"f1_new": "f1", "accuracy": "accuracy"}.get(metric)
+    out: dict[str, dict[str, list[tuple]]] = {}
+    if key is None:
+        return out
+    for r in runs:
+        series: dict[str, list] = {}
+        for p in _downstream_points(r):
+            for t, res in p["tasks"].items():
+                pw = res.get("power") if isinstance(res, dict) else None
+                ci = (pw.get(key) or {}).get("ci") if isinstance(pw, dict) else None
+                if isinstance(ci, list) and len(ci) == 2 and all(_num(x) is not None for x in ci):
+                    series.setdefault(t, []).append((p["num_edits"], 100 * ci[0], 100 * ci[1]))
+        if series:
+            out[r.label] = series
+    return out
+
+
+def accuracy_series(runs: list[Run]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{run label: {task: [(num_edits, accuracy x100)]}} of the likelihood protocol's points."""
+    out = {}
+    for r in runs:
+        series: dict[str, list] = {}
+        for p in _downstream_points(r):
+            for t, res in p["tasks"].items():
+                pw = res.get("power") if isinstance(res, dict) else None
+                v = _num((pw.get("accuracy") or {}).get("value")) if isinstance(pw, dict) else None
+                if v is not None:
+                    series.setdefault(t, []).append((p["num_edits"], 100 * v))
+        if series:
+            out[r.label] = series
+    return out
+
+
 def norm_series(runs: list[Run]) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """{run: {"L4"... or "max": [(num_edits, ||W||_F)]}}, with 0 edits from baseline.json."""
     out = {}

@@ -31,6 +31,8 @@ class Column:
     key: str
     title: str
     fmt: Callable[[Any], str] | None = None
+    show: Callable[[dict], str | None] | None = None  # the Markdown cell from the whole row
+    markdown: bool = True  # False: in the CSV and JSON only (e.g. interval bounds)
 
 
 @dataclass
@@ -46,13 +48,12 @@ class Table:
         lines = [f"## {self.title}", ""]
         if self.caption:
             lines += [self.caption, ""]
+        shown = [c for c in self.columns if c.markdown]
         if self.rows:
-            lines.append("| " + " | ".join(c.title for c in self.columns) + " |")
-            lines.append(
-                "|" + "|".join("---:" if self._numeric(c) else "---" for c in self.columns) + "|"
-            )
+            lines.append("| " + " | ".join(c.title for c in shown) + " |")
+            lines.append("|" + "|".join("---:" if self._numeric(c) else "---" for c in shown) + "|")
             for row in self.rows:
-                cells = [_cell(row.get(c.key), c.fmt) for c in self.columns]
+                cells = [_md_cell(row, c) for c in shown]
                 lines.append("| " + " | ".join(cells) + " |")
         else:
             lines.append("_(no data)_")
@@ -95,6 +96,14 @@ def _csv_value(v):
     return v
 
 
+def _md_cell(row: dict, col: Column) -> str:
+    if col.show is not None:
+        text = col.show(row)
+        if text is not None:
+            return text
+    return _cell(row.get(col.key), col.fmt)
+
+
 def _cell(v, fmt) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"
@@ -116,6 +125,16 @@ def f2d(v) -> str:
 
 def f3d(v) -> str:
     return f"{float(v):.3f}"
+
+
+def fp(v) -> str:
+    """A p-value: 3 decimals, scientific below 0.001."""
+    v = float(v)
+    return f"{v:.1e}" if 0 < v < 1e-3 else f"{v:.3f}"
+
+
+def f4d(v) -> str:
+    return f"{float(v):.4f}"
 
 
 def fx(v) -> str:
@@ -149,13 +168,27 @@ def editing_table(runs: list[Run]) -> Table:
         Column("num_edits", "edits"),
         Column("num_records", "records"),
     ]
-    cols += [Column(m, m, f1d) for m in metrics]
+    for m in metrics:
+        if m not in MAIN_METRICS:
+            cols.append(Column(m, m, f1d))
+            continue
+        cols += [
+            Column(m, m, f1d, show=_value_ci_sig(m)),
+            Column(f"{m}_lo", f"{m} CI low", markdown=False),
+            Column(f"{m}_hi", f"{m} CI high", markdown=False),
+            Column(f"{m}_delta", f"{m} − unedited", markdown=False),
+            Column(f"{m}_delta_lo", f"{m} − unedited CI low", markdown=False),
+            Column(f"{m}_delta_hi", f"{m} − unedited CI high", markdown=False),
+            Column(f"{m}_significant", f"{m} significant", markdown=False),
+        ]
     table = Table(
         "editing",
         "1. Editing metrics (CounterFact, after the last batch)",
         cols,
         caption="Scores of the evaluated edited records; `unedited` is the first finished run's "
-        "`before` (the same records on the unedited model).",
+        "`before` (the same records on the unedited model). Brackets: 95 % bootstrap interval "
+        "over records (GE: over the generation subset's records); `*`: the paired difference "
+        "from the unedited model on the same records has a 95 % interval that excludes 0.",
     )
     unedited = None
     for r in runs:
@@ -177,6 +210,7 @@ def editing_table(runs: list[Run]) -> Table:
             "num_records": ev.get("num_records"),
         }
         row.update({m: _num(after.get(m)) for m in metrics})
+        _add_intervals(row, fin.get("after_ci"), fin.get("after_minus_before"))
         table.rows.append(row)
         if unedited is None and isinstance(fin.get("before"), dict):
             unedited = {
@@ -186,9 +220,53 @@ def editing_table(runs: list[Run]) -> Table:
                 "num_records": ev.get("num_records"),
             }
             unedited.update({m: _num(fin["before"].get(m)) for m in metrics})
+            _add_intervals(unedited, fin.get("before_ci"), None)
     if unedited is not None:
         table.rows.insert(0, unedited)
     return table
+
+
+def _bounds(v) -> tuple[float, float] | None:
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        lo, hi = _num(v[0]), _num(v[1])
+        if lo is not None and hi is not None:
+            return lo, hi
+    return None
+
+
+def _add_intervals(row: dict, ci, diff) -> None:
+    """`{m}_lo/_hi` from final.json's `after_ci`/`before_ci`, `{m}_delta...` and
+    `{m}_significant` from `after_minus_before` (when the run logged them)."""
+    ci = ci if isinstance(ci, dict) else {}
+    diff = diff if isinstance(diff, dict) else {}
+    for m in MAIN_METRICS:
+        b = _bounds(ci.get(m))
+        if b is not None:
+            row[f"{m}_lo"], row[f"{m}_hi"] = b
+        d = diff.get(m)
+        if isinstance(d, dict):
+            row[f"{m}_delta"] = _num(d.get("value"))
+            db = _bounds(d.get("ci"))
+            if db is not None:
+                row[f"{m}_delta_lo"], row[f"{m}_delta_hi"] = db
+            if isinstance(d.get("significant"), bool):
+                row[f"{m}_significant"] = d["significant"]
+
+
+def value_ci(v, lo, hi, significant=None, fmt: Callable[[Any], str] = f1d) -> str | None:
+    """ "v [lo, hi]" (with "*" when `significant`); None without a value or interval."""
+    if _num(v) is None or _num(lo) is None or _num(hi) is None:
+        return None
+    return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]" + ("*" if significant else "")
+
+
+def _value_ci_sig(m: str) -> Callable[[dict], str | None]:
+    def show(row: dict) -> str | None:
+        return value_ci(
+            row.get(m), row.get(f"{m}_lo"), row.get(f"{m}_hi"), row.get(f"{m}_significant")
+        )
+
+    return show
 
 
 _MPES_CAPTION = (
@@ -252,17 +330,27 @@ def mpes_table(runs: list[Run]) -> Table:
 def downstream_table(runs: list[Run], metric: str, number: str) -> Table:
     tasks = _task_order(runs)
     cols = [Column("run", "run"), Column("num_edits", "edits")]
-    cols += [Column(t, t, f1d) for t in tasks] + [
-        Column("mean", "mean", f1d),
-        Column("num_tasks", "tasks"),
-    ]
+    for t in tasks:
+        cols.append(Column(t, t, f1d, show=_value_ci_sig(t)))
+        if metric == "f1_new":  # the likelihood protocol's per-item F1 has an interval
+            cols += [
+                Column(f"{t}_lo", f"{t} CI low", markdown=False),
+                Column(f"{t}_hi", f"{t} CI high", markdown=False),
+                Column(f"{t}_significant", f"{t} significant", markdown=False),
+            ]
+    cols += [Column("mean", "mean", f1d), Column("num_tasks", "tasks")]
     what = "f1" if metric == "f1" else "f1_new (likelihood-based)"
+    caption = (
+        "One row per evaluation point (0 edits = unedited model); mean over the tasks "
+        "evaluated at that point."
+    )
+    if metric == "f1_new":
+        caption += (
+            " Brackets (likelihood protocol): 95 % bootstrap interval over test items; `*`: the "
+            "paired F1 difference from the unedited model on the same items excludes 0."
+        )
     table = Table(
-        f"downstream_{metric}",
-        f"{number}. Downstream {what} ×100",
-        cols,
-        caption="One row per evaluation point (0 edits = unedited model); mean over the tasks "
-        "evaluated at that point.",
+        f"downstream_{metric}", f"{number}. Downstream {what} ×100", cols, caption=caption
     )
     for r in runs:
         points = _downstream_points(r)
@@ -277,6 +365,14 @@ def downstream_table(runs: list[Run], metric: str, number: str) -> Table:
                 res = p["tasks"].get(t)
                 v = _num(res.get(metric)) if isinstance(res, dict) else None
                 row[t] = None if v is None else 100 * v
+                pw = res.get("power") if isinstance(res, dict) else None
+                if metric == "f1_new" and isinstance(pw, dict):
+                    b = _bounds((pw.get("f1") or {}).get("ci"))
+                    if b is not None:
+                        row[f"{t}_lo"], row[f"{t}_hi"] = 100 * b[0], 100 * b[1]
+                    d = (pw.get("difference") or {}).get("f1")
+                    if isinstance(d, dict) and isinstance(d.get("significant"), bool):
+                        row[f"{t}_significant"] = d["significant"]
                 if v is not None:
                     vals.append(100 * v)
             row["mean"] = sum(vals) / len(vals) if vals else None
@@ -406,7 +502,7 @@ def heldout_table(runs: list[Run]) -> Table | None:
         Column("num_edits", "edits"),
         Column("perplexity", "perplexity", f3d),
         Column("perplexity_ci", "95 % CI"),
-        Column("kl", "KL(edited ‖ unedited)", fx),
+        Column("kl", "KL(edited ‖ unedited)", f4d),
         Column("kl_ci", "95 % CI"),
         Column("top1_agreement", "top-1 agreement", f3d),
         Column("top1_agreement_ci", "95 % CI"),
@@ -491,7 +587,7 @@ def downstream_power_table(runs: list[Run]) -> Table | None:
         Column("diff", "Δ vs unedited", f3d),
         Column("diff_ci", "95 % CI of Δ"),
         Column("significant", "significant"),
-        Column("mcnemar_p", "McNemar p", fx),
+        Column("mcnemar_p", "McNemar p", fp),
         Column("n", "items"),
     ]
     table = Table(

@@ -169,7 +169,8 @@ flags.DEFINE_integer(
     "downstream_tests",
     None,
     "Test items per downstream task (default: all for the likelihood protocol, 100 for the "
-    "reference one).",
+    "reference one). With the likelihood protocol at most this many: a task with fewer test "
+    "items uses them all.",
     lower_bound=1,
 )
 flags.DEFINE_integer(
@@ -710,6 +711,7 @@ class Evaluator:
             num_few_shots=FLAGS.downstream_shots,
             quirks=FLAGS.downstream_quirks,
             details=likelihood,
+            at_most_tests=likelihood,
         )
         for name, r in res.items() if likelihood else ():
             recs = r.pop("records")
@@ -835,6 +837,7 @@ def check_downstream_data(tasks: list[str]) -> None:
             paths.dataset("downstream", FLAGS.downstream_data, flag="--downstream_data"),
             num_tests=downstream_num_tests(),
             num_few_shots=FLAGS.downstream_shots,
+            at_most_tests=FLAGS.downstream_protocol == "likelihood",
         )
 
 

@@ -332,6 +332,9 @@ def test_split_and_full_mmlu(tmp_path):
     assert len(ds.split_items(items, 0, None)[1]) == 5
     with pytest.raises(ValueError, match="5 test items"):
         ds.split_items(items, 4, 6)
+    # an upper bound (the likelihood protocol's --downstream_tests): a smaller task uses all
+    assert [t["i"] for t in ds.split_items(items, 4, 6, at_most=True)[1]] == list(range(10, 15))
+    assert len(ds.split_items(items, 4, 2, at_most=True)[1]) == 2
     for split in ("dev", "test"):
         (tmp_path / split).mkdir()
     for subj, n in (("astro", 3), ("bio", 1)):

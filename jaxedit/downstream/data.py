@@ -39,8 +39,12 @@ def load_items(task: str, data_dir: str | os.PathLike) -> list[dict]:
     return items
 
 
-def split_items(items: Sequence[dict], num_few_shots: int, num_tests: int | None):
-    """(few-shots, tests): items[:num_few_shots] of the pool and items[10 : 10 + num_tests]."""
+def split_items(
+    items: Sequence[dict], num_few_shots: int, num_tests: int | None, at_most: bool = False
+):
+    """(few-shots, tests): items[:num_few_shots] of the pool and items[10 : 10 + num_tests].
+
+    `at_most`: `num_tests` is an upper bound (a task with fewer test items uses all of them)."""
     if not 0 <= num_few_shots <= FEW_SHOT_POOL:
         raise InputError(
             f"num_few_shots={num_few_shots}: the few-shot pool has {FEW_SHOT_POOL} items"
@@ -48,6 +52,8 @@ def split_items(items: Sequence[dict], num_few_shots: int, num_tests: int | None
     available = len(items) - FEW_SHOT_POOL
     if num_tests is None:
         num_tests = available
+    if at_most and available > 0:
+        num_tests = min(num_tests, available)
     if not 0 < num_tests <= available:
         raise InputError(
             f"num_tests={num_tests}: this task has {available} test items (fix: ask for 1.."
@@ -67,7 +73,9 @@ def _read_mmlu_csv(path: Path) -> list[dict]:
     ]
 
 
-def load_full_mmlu(mmlu_dir: str | os.PathLike, num_few_shots: int, num_tests: int | None):
+def load_full_mmlu(
+    mmlu_dir: str | os.PathLike, num_few_shots: int, num_tests: int | None, at_most: bool = False
+):
     """(few-shots per test, tests) from the full MMLU CSVs: dev/<subject>_dev.csv gives each
     subject's few-shots, tests are taken round-robin over the sorted subjects of test/ (see the
     module docstring)."""
@@ -86,7 +94,7 @@ def load_full_mmlu(mmlu_dir: str | os.PathLike, num_few_shots: int, num_tests: i
             raise InputError(f"{dev}: fewer than {num_few_shots} dev questions")
         per_subject.append((shots, _read_mmlu_csv(f)))
     total = sum(len(t) for _, t in per_subject)
-    num_tests = total if num_tests is None else num_tests
+    num_tests = total if num_tests is None else (min(num_tests, total) if at_most else num_tests)
     if not 0 < num_tests <= total:
         raise InputError(f"num_tests={num_tests}: full MMLU has {total} test questions")
     shots_out: list[list[dict]] = []
@@ -106,16 +114,17 @@ def check_data(
     num_tests: int | None,
     num_few_shots: int,
     mmlu_source: str | os.PathLike = "fewshot",
+    at_most_tests: bool = False,
 ) -> None:
     """Raises the `InputError` that evaluating `tasks` (registry names, see `resolve_tasks`) would
     raise on its data — a missing or malformed file, too few items — without a model, so that a
     program can refuse bad data before any long work."""
     for task in tasks:
         if task == "mmlu" and str(mmlu_source) != "fewshot":
-            load_full_mmlu(mmlu_source, num_few_shots, num_tests)
+            load_full_mmlu(mmlu_source, num_few_shots, num_tests, at_most_tests)
             continue
         items = load_items(task, data_dir)
         try:
-            split_items(items, num_few_shots, num_tests)
+            split_items(items, num_few_shots, num_tests, at_most_tests)
         except InputError as err:
             raise InputError(f"downstream task {task!r} ({data_dir}): {err}") from None

@@ -335,6 +335,7 @@ def evaluate_task(
     fast: bool = True,
     details: bool = False,
     progress: bool = True,
+    at_most_tests: bool = False,
 ) -> dict:
     """Few-shot downstream scores of `model` on one task.
 
@@ -354,6 +355,7 @@ def evaluate_task(
         up to float rounding).
       details: also return per-test records (labels, predictions, continuations, NLLs).
       progress: report the prompts done, rate and time left (`jaxedit.progress`).
+      at_most_tests: `num_tests` is an upper bound: a task with fewer test items uses them all.
     Returns:
       {"f1", "f1_new", "mcc", "correct", "correct_new", "incorrect", "invalid", "total",
       "num_few_shots", "gen_len", "quirks", "few_shots_dropped", "time_s"[, "mmlu_source",
@@ -366,9 +368,11 @@ def evaluate_task(
     max_context = max_context or model.config.max_position_embeddings
     full_mmlu = name == "mmlu" and str(mmlu_source) != "fewshot"
     if full_mmlu:
-        shots, tests = load_full_mmlu(mmlu_source, num_few_shots, num_tests)
+        shots, tests = load_full_mmlu(mmlu_source, num_few_shots, num_tests, at_most_tests)
     else:
-        shots, tests = split_items(load_items(name, data_dir), num_few_shots, num_tests)
+        shots, tests = split_items(
+            load_items(name, data_dir), num_few_shots, num_tests, at_most_tests
+        )
     prompts = build_prompts(
         spec,
         shots,

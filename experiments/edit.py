@@ -307,6 +307,10 @@ def default_label(cfg: config_lib.EditConfig) -> str:
         name += "+MPES"
     if cfg.solve.norm_lambda:
         name += "+norm"
+    if cfg.regularize.rect:
+        name += "+RECT"
+    if cfg.regularize.prune:
+        name += "+PRUNE"
     return name
 
 
@@ -518,7 +522,11 @@ def check_resumable(
             # may resume with another value; runs from before the field have none.
             search = {k: v for k, v in value.get("search", {}).items() if k != "max_requests"}
             value = {**value, "search": search}
-        return json.dumps(value, default=str)
+            # Runs from before the regularizer section ran without one (all off).
+            value.setdefault(
+                "regularize", config_lib.to_dict(config_lib.EditConfig())["regularize"]
+            )
+        return json.dumps(value, default=str, sort_keys=True)
 
     diff = [k for k in keys if norm(k, old.get(k)) != norm(k, run.get(k))]
     if diff:
@@ -1057,7 +1065,7 @@ def prepare(workdir: Path):
             res = checkpoint.restore(found, template, fix=fix)
             if res is None:  # removed since `read_run_dir`
                 raise cli.UserError(f"checkpoint {found} vanished (fix: rerun)")
-            done, arrays, _ = res
+            done, arrays, prior["resume_meta"] = res
         prior["resume"] = (done, ed.restore_state(arrays))
     return cfg, model, reqs, run, ed, ev, prior, reused
 
@@ -1158,6 +1166,7 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
     if prior.get("resume") is not None:  # read and checked in `prepare`
         done, state = prior["resume"]
         logging.info("resuming after batch %d (%d edits)", done, state.num_edits)
+        check_prune_resume(ed, done, prior.get("resume_meta") or {}, workdir, len(reqs))
     for name in (
         "batches.jsonl",
         "downstream.jsonl",
@@ -1184,10 +1193,12 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
             return
         batch = batches[i]
         state, rep = ed.apply(state, batch)
+        state, pruned = prune_at_end(ed, state, i == len(batches) - 1)
         line = {
             "batch": i,
             "num_edits": state.num_edits,
             **rep.summary(),
+            **pruned,
             "time_per_edit_s": (rep.search_time + rep.update_time) / len(batch),
             **layer_norm_line(state.params, original, cfg, model.config),
         }
@@ -1229,7 +1240,7 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
             workdir / CHECKPOINT_DIR,
             i + 1,
             ed.state_arrays(state, host=False),
-            {"batches_done": i + 1, "num_edits": state.num_edits},
+            {"batches_done": i + 1, "num_edits": state.num_edits, **prune_marker(pruned)},
         )
         if writer():
             (workdir / OLD_CHECKPOINT).unlink(missing_ok=True)  # an earlier format, superseded
@@ -1309,6 +1320,38 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
             logging.info("exported the edited model to %s", FLAGS.export_dir)
     if writer():
         print(json.dumps(final))
+
+
+# --------------------------------------------------------------------------------------------------
+# PRUNE at the end (regularize.prune_when="end"): it runs right after the last batch is applied, as
+# the official driver does, so that batch's line, snapshot, downstream point, checkpoint and the
+# final metrics all see the pruned model. The checkpoint after the last batch holds the pruned
+# kernels and the marker "prune_applied": a resume from it skips the loop (PRUNE is not applied
+# again); a run killed before it redoes the last batch from the step before, PRUNE included.
+
+
+def prune_at_end(ed: editor.Editor, state, last: bool):
+    """(state, {"prune": record}) after PRUNE when this is the last batch and PRUNE runs at the
+    end; else (state, {})."""
+    if not (last and ed.prunes_at_end):
+        return state, {}
+    t0 = time.perf_counter()
+    state, info = ed.prune(state)
+    logging.info("PRUNE after the last batch: %s", info)
+    return state, {"prune": {"layers": info, "time_s": time.perf_counter() - t0}}
+
+
+def prune_marker(pruned: dict) -> dict:
+    return {"prune_applied": True} if pruned else {}
+
+
+def check_prune_resume(ed: editor.Editor, done: int, meta: dict, workdir: Path, n: int) -> None:
+    """A checkpoint after the last batch of a PRUNE-at-end run must hold the pruned model."""
+    if ed.prunes_at_end and done * FLAGS.batch_size >= n and not meta.get("prune_applied"):
+        raise cli.UserError(
+            f"the checkpoint after the last batch in {workdir / CHECKPOINT_DIR} holds no PRUNE "
+            "(fix: delete that step folder to redo the last batch with PRUNE, or --overwrite)"
+        )
 
 
 def _finite_list(values) -> list:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 from typing import Any
 
@@ -28,6 +29,8 @@ from jaxedit.files import read_json, require_file
 from jaxedit.numerics import check_precision
 
 METHODS = ("MEMIT", "MEMIT_seq", "ENCORE", "AlphaEdit", "EMMET")
+PRUNE_REFERENCES = ("official_last_batch", "original")
+PRUNE_WHEN = ("end", "every_batch")
 
 
 class ConfigValueError(InputError):
@@ -172,6 +175,65 @@ class StatsConfig:
 
 
 @dataclasses.dataclass(unsafe_hash=True)
+class RegularizeConfig:
+    """RECT and PRUNE, the published alternatives to the norm constraint (`jaxedit.regularize`,
+    REGULARIZERS.md §3-§5). Everything is off by default.
+
+    Attributes:
+      rect_keep_percent: RECT: keep this share (%) of each batch's ΔW entries, by |ΔW / (W + ε)|
+        against the current weights, at insertion time, every batch and layer; 0 = off (the
+        official repository 40, the RECT paper 20; 100 keeps everything, i.e. plain MEMIT). The
+        keys and residuals of later layers and the previous-edit cache see the full update, as in
+        the repository.
+      prune: PRUNE on/off.
+      prune_reference: "official_last_batch" (the repository: the last batch's Δ, σ_max of the
+        weights before it) or "original" (Ma et al.: the total Δ = W − W0, σ_max(W0)).
+      prune_log_base: b of the restraint log_b (official e, the PRUNE paper's default 1.2).
+      prune_when: "end" (once, after the last batch: the repository) or "every_batch".
+      prune_double_add: official reference only: True adds the restrained Δ' on top of the edited
+        weights (the repository: W_{T-1} + Δ + Δ'), False replaces Δ by it (W_{T-1} + Δ'). The
+        original reference always replaces (W0 + Δ'), so it needs False.
+    """
+
+    rect_keep_percent: float = 0.0
+    prune: bool = False
+    prune_reference: str = "official_last_batch"
+    prune_log_base: float = math.e
+    prune_when: str = "end"
+    prune_double_add: bool = True
+
+    def validate(self) -> None:
+        if not 0 <= self.rect_keep_percent <= 100:  # also refuses NaN
+            raise ConfigValueError(
+                f"regularize.rect_keep_percent={self.rect_keep_percent}: must be in [0, 100] "
+                "(0 = off; the repository's RECT keeps 40, the RECT paper 20)"
+            )
+        if self.prune_reference not in PRUNE_REFERENCES:
+            raise ConfigValueError(
+                f"regularize.prune_reference={self.prune_reference!r}: one of {PRUNE_REFERENCES}"
+            )
+        if self.prune_when not in PRUNE_WHEN:
+            raise ConfigValueError(
+                f"regularize.prune_when={self.prune_when!r}: one of {PRUNE_WHEN}"
+            )
+        if not (self.prune_log_base > 1 and math.isfinite(self.prune_log_base)):
+            raise ConfigValueError(
+                f"regularize.prune_log_base={self.prune_log_base}: must be a finite number > 1 "
+                "(the repository uses e, the PRUNE paper 1.2)"
+            )
+        if self.prune and self.prune_reference == "original" and self.prune_double_add:
+            raise ConfigValueError(
+                "regularize.prune_double_add=True: the original PRUNE replaces the total update "
+                "(W0 + Δ') (fix: set regularize.prune_double_add=false, or "
+                "regularize.prune_reference='official_last_batch')"
+            )
+
+    @property
+    def rect(self) -> bool:
+        return self.rect_keep_percent > 0
+
+
+@dataclasses.dataclass(unsafe_hash=True)
 class EditConfig:
     """Everything one editing run needs besides the model and the data.
 
@@ -184,6 +246,7 @@ class EditConfig:
         empty = generate them from the model with `template_seed` (the reference's procedure).
       template_seed: PRNG seed for template generation.
       model: default model source for binaries.
+      regularize: RECT / PRUNE (`RegularizeConfig`; off by default).
       matmul_precision: precision of the editor's model passes (target search, keys), one of
         `jaxedit.numerics.PRECISIONS`: "highest" (default, exact float32, what the golden
         tests check) or "default"/"high" (faster on TPU/GPU, lower-precision passes). The model's
@@ -195,6 +258,7 @@ class EditConfig:
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     solve: SolveConfig = dataclasses.field(default_factory=SolveConfig)
     stats: StatsConfig = dataclasses.field(default_factory=StatsConfig)
+    regularize: RegularizeConfig = dataclasses.field(default_factory=RegularizeConfig)
     templates: tuple[tuple[str, ...], ...] = ()
     template_seed: int = 0
     model: str = "smollm2-135m"
@@ -225,6 +289,7 @@ class EditConfig:
         self.search.validate()
         self.solve.validate()
         self.stats.validate()
+        self.regularize.validate()
         check_precision(self.matmul_precision, "matmul_precision")
         for group in self.templates:
             for t in group:
@@ -297,6 +362,7 @@ def from_reference_hparams(
         search=dataclasses.replace(cfg.search),
         solve=dataclasses.replace(cfg.solve),
         stats=dataclasses.replace(cfg.stats),
+        regularize=dataclasses.replace(cfg.regularize),
     )
     unknown = sorted(set(hp) - set(REFERENCE_NAMES) - IGNORED_REFERENCE_NAMES - {"prob_cutoff"})
     if unknown:

@@ -9,11 +9,13 @@ One batch, in the reference order:
         dW_l = solve(method, K, R, C0_l, prev_kkt_l, ...)  # closed form, jitted
         θ.W_l = θ_start.W_l + dW_l
         prev_kkt_l += K Kᵀ                                 # methods with a previous-edit cache
+    θ.W_l = θ_start.W_l + RECT(dW_l)                       # regularize.rect_keep_percent > 0
+    θ.W_l = PRUNE(...)                                     # prune_when="every_batch" (or `prune`)
 
 `EditState` is immutable; `apply` returns a new one, so a batch that fails (bad request, a
 non-finite target or update) leaves the caller's state exactly as it was. The journal records each
-batch's applied deltas; rollback replays the journal from its base with the same floating-point
-operations, so it restores the weights bit for bit.
+batch's applied deltas (RECT's masked ones) and PRUNE's Δ' with the kernel it went onto; rollback
+replays the journal from its base with the same floating-point operations: bit for bit.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxedit import sharding, solve
+from jaxedit import regularize, sharding, solve
 from jaxedit.config import EditConfig
 from jaxedit.errors import InputError
 from jaxedit.lm import LanguageModel
@@ -39,6 +41,7 @@ from jaxedit.prompts import KeyBatch, build_key_batch, pad_key_rows
 from jaxedit.requests import EditRequest, validate_requests
 from jaxedit.search import SearchResult, build_search_batch, search_targets
 from jaxedit.shapes import bucket_in
+from jaxedit.state import BatchReport, EditState, JournalEntry
 from jaxedit.stats import LayerStats
 
 log = logging.getLogger(__name__)
@@ -48,65 +51,6 @@ Array = jax.Array
 class EditError(InputError, RuntimeError):
     """A batch could not be applied (e.g. a non-finite target: the requests or hyperparameters
     cannot be edited); the state passed in is unchanged."""
-
-
-@dataclasses.dataclass(frozen=True)
-class JournalEntry:
-    """One applied batch: the kernel increments as added and the previous-edit cache increments."""
-
-    case_ids: tuple
-    deltas: dict[int, Array]  # layer -> dW [f, d], as added to the kernel
-    kkt: dict[int, Array]  # layer -> K Kᵀ added to prev_kkt (empty for methods without the cache)
-
-
-@dataclasses.dataclass(frozen=True)
-class EditState:
-    """Everything that changes across sequential batches.
-
-    Attributes:
-      params: the current (edited) `nnx.State`.
-      prev_kkt: layer -> Σ K Kᵀ of all batches applied so far (methods with a previous-edit cache).
-      num_edits: requests applied so far.
-      journal: the last batches, newest last (at most `max_journal`).
-      base_kernels / base_kkt: the rewrite kernels and caches before the oldest journal entry.
-    """
-
-    params: Any
-    prev_kkt: dict[int, Array]
-    num_edits: int
-    journal: tuple[JournalEntry, ...]
-    base_kernels: dict[int, Array]
-    base_kkt: dict[int, Array]
-
-
-@dataclasses.dataclass
-class BatchReport:
-    """What one batch did (host numpy arrays and floats)."""
-
-    case_ids: list
-    targets: np.ndarray  # z [n, d]
-    target_init: np.ndarray  # h0 [n, d]
-    stop_steps: np.ndarray  # Adam steps per request
-    target_prob: np.ndarray  # mean target probability at the stop
-    history: dict[str, np.ndarray]  # [num_steps, n]
-    keys: dict[int, np.ndarray]  # layer -> K [f, n]
-    deltas: dict[int, np.ndarray]  # layer -> dW [f, d]
-    delta_norm: dict[int, float]  # ‖dW_l‖_F
-    weight_norm: dict[int, float]  # ‖W_l‖_F after the batch
-    search_time: float
-    update_time: float
-    prompts: list[dict]
-
-    def summary(self) -> dict:
-        return {
-            "case_ids": [c if isinstance(c, (int, str)) else str(c) for c in self.case_ids],
-            "search_time_s": self.search_time,
-            "update_time_s": self.update_time,
-            "stop_steps": self.stop_steps.tolist(),
-            "target_prob": [round(float(p), 6) for p in self.target_prob],
-            "delta_norm": {str(k): v for k, v in self.delta_norm.items()},
-            "weight_norm": {str(k): v for k, v in self.weight_norm.items()},
-        }
 
 
 def _get(tree, path):
@@ -131,6 +75,10 @@ def _with_kernels(params, config, kernels: dict[int, Array]):
 def _add_rounded(kernel: Array, dw: Array) -> Array:
     """kernel + dW in float32, rounded once to the kernel's dtype (in the kernel's sharding)."""
     return (kernel.astype(jnp.float32) + dw.astype(jnp.float32)).astype(kernel.dtype)
+
+
+def _add_placed(kernel: Array, dw: Array) -> Array:
+    return sharding.reshard(_add_rounded(kernel, dw), kernel)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layer", "z_layer"))
@@ -205,6 +153,9 @@ class Editor:
         self._graphdef = model.with_precision(cfg.matmul_precision).graphdef
         self.templates = tuple(tuple(g) for g in templates)
         self.max_journal = max_journal
+        self._original = {
+            l: _kernel(model.params, rewrite_path(model.config, l)) for l in cfg.layers
+        }
         missing = [l for l in cfg.layers if l not in stats.cov and cfg.method != "AlphaEdit"]
         missing += [l for l in cfg.layers if cfg.method == "AlphaEdit" and l not in stats.null_proj]
         if missing:
@@ -228,7 +179,7 @@ class Editor:
             if self.uses_prev_cache
             else {}
         )
-        kernels = {l: _kernel(params, rewrite_path(self.model.config, l)) for l in self.cfg.layers}
+        kernels = self._kernels(params)
         return EditState(
             params=params, prev_kkt=kkt, num_edits=0, journal=(), base_kernels=kernels, base_kkt=kkt
         )
@@ -340,16 +291,23 @@ class Editor:
             kb = sharding.place_rows(self.mesh, pad_key_rows(kb, sharding.data_size(self.mesh)))
         z = jnp.asarray(targets.T)  # [d, n]
         params = state.params
-        start = {l: _kernel(params, rewrite_path(mcfg, l)) for l in cfg.layers}
+        start = self._kernels(params)
         deltas, kkts, keys_out, new_kkt = {}, {}, {}, dict(state.prev_kkt)
+        reg, extra = cfg.regularize, dict[str, Any]()
         for i, layer in enumerate(cfg.layers):
             keys, current = keys_and_current(self._graphdef, params, kb, layer, cfg.z_layer)
             keys, current = keys[:, :n], current[:, :n]
             resid = (z - current) / (len(cfg.layers) - i)
             prev = state.prev_kkt[layer] if self.uses_prev_cache else None
             dw = self._solve(layer, keys, resid, prev)
+            # Later layers' keys and residuals see the full update, also under RECT (the
+            # repository's spreading runs before its mask); the mask is against the current W.
             new_kernel = sharding.reshard(_add_rounded(start[layer], dw), start[layer])
             params = _with_kernels(params, mcfg, {layer: new_kernel})
+            if reg.rect:
+                dw, extra.setdefault("rect", {})[str(layer)] = regularize.rect_update(
+                    start[layer], dw, reg.rect_keep_percent
+                )
             deltas[layer] = sharding.reshard(dw.astype(jnp.float32), start[layer])
             keys_out[layer] = keys
             if self.uses_prev_cache:
@@ -360,9 +318,17 @@ class Editor:
         finite = all(bool(jnp.isfinite(d).all()) for d in deltas.values())
         if not finite:
             raise EditError(f"non-finite weight update (case_ids {[q.case_id for q in requests]})")
+        if reg.rect:  # the model keeps the masked updates
+            masked = {l: _add_placed(start[l], d) for l, d in deltas.items()}
+            params = _with_kernels(params, mcfg, masked)
+        pruned, onto = {}, ""
+        if reg.prune and reg.prune_when == "every_batch":
+            current = self._kernels(params)
+            pruned, onto, new, extra["prune"] = self._pruned(start, current, deltas)
+            params = _with_kernels(params, mcfg, new)
         update_time = time.perf_counter() - t0
 
-        entry = JournalEntry(tuple(q.case_id for q in requests), deltas, kkts)
+        entry = JournalEntry(tuple(q.case_id for q in requests), deltas, kkts, pruned, onto)
         journal, base_kernels, base_kkt = (
             (*state.journal, entry),
             state.base_kernels,
@@ -390,23 +356,67 @@ class Editor:
             deltas={l: sharding.to_host(d) for l, d in deltas.items()},
             delta_norm={l: float(jnp.linalg.norm(d)) for l, d in deltas.items()},
             weight_norm={
-                l: float(
-                    jnp.linalg.norm(_kernel(params, rewrite_path(mcfg, l)).astype(jnp.float32))
-                )
-                for l in cfg.layers
+                l: float(jnp.linalg.norm(k.astype(jnp.float32)))
+                for l, k in self._kernels(params).items()
             },
             search_time=search_time,
             update_time=update_time,
             prompts=infos[:n],
+            regularizer=extra,
         )
         return new_state, report
 
-    @staticmethod
-    def _replay(kernels, kkt, entries):
+    def _kernels(self, params) -> dict[int, Array]:
+        return {l: _kernel(params, rewrite_path(self.model.config, l)) for l in self.cfg.layers}
+
+    def _pruned(self, previous, current, deltas):
+        """`regularize.prune_kernels` of the edited kernels; EditError on a non-finite Δ'."""
+        out = regularize.prune_kernels(
+            self.cfg.regularize, previous, current, deltas, self._original, add=_add_placed
+        )
+        if not all(bool(jnp.isfinite(d).all()) for d in out[0].values()):
+            raise EditError("non-finite PRUNE update (the SVD did not converge)")
+        return out
+
+    @property
+    def prunes_at_end(self) -> bool:
+        """PRUNE is on and runs once, after the last batch (the caller calls `prune`)."""
+        return self.cfg.regularize.prune and self.cfg.regularize.prune_when == "end"
+
+    def prune(self, state: EditState) -> tuple[EditState, dict]:
+        """PRUNE applied to `state` (`prune_when="end"`: once, after the last batch) and a JSON
+        record of it. It is kept with the last journal entry: `rollback(state, 1)` undoes that
+        batch and PRUNE together, bit for bit, and a second call is refused. The official
+        reference needs that entry (its Δ, the weights before it); the original one runs on any
+        state (without a journal the pruned kernels become the rollback base)."""
+        reg, last = self.cfg.regularize, (state.journal[-1] if state.journal else None)
+        if not reg.prune or (last is not None and last.prune):
+            raise ValueError("PRUNE is off in this config, or already ran on the last batch")
+        if last is None and reg.prune_reference == "official_last_batch":
+            raise ValueError(
+                "official PRUNE needs the last batch in the journal (max_journal >= 1)"
+            )
+        current = previous = self._kernels(state.params)
+        if last is not None:
+            previous = self._replay(state.base_kernels, state.base_kkt, state.journal[:-1])[0]
+        pruned, onto, new, info = self._pruned(previous, current, last.deltas if last else {})
+        params = _with_kernels(state.params, self.model.config, new)
+        if last is None:
+            return dataclasses.replace(state, params=params, base_kernels=new), info
+        entry = dataclasses.replace(last, prune=pruned, prune_onto=onto)
+        return dataclasses.replace(state, params=params, journal=(*state.journal[:-1], entry)), info
+
+    def _replay(self, kernels, kkt, entries):
         kernels, kkt = dict(kernels), dict(kkt)
         for e in entries:
             for layer, dw in e.deltas.items():
-                kernels[layer] = sharding.reshard(_add_rounded(kernels[layer], dw), kernels[layer])
+                before = kernels[layer]
+                kernels[layer] = _add_placed(before, dw)
+                if layer in e.prune:  # PRUNE's Δ', added to the kernel it was added to
+                    onto = {"current": kernels[layer], "previous": before}.get(
+                        e.prune_onto, self._original[layer]
+                    )
+                    kernels[layer] = _add_placed(onto, e.prune[layer])
             for layer, inc in e.kkt.items():
                 kkt[layer] = sharding.reshard(kkt[layer] + inc, kkt[layer])
         return kernels, kkt

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxedit.config import FIXED_TEMPLATES, EditConfig, SearchConfig, SolveConfig, StatsConfig
+from jaxedit.config import (
+    FIXED_TEMPLATES,
+    EditConfig,
+    RegularizeConfig,
+    SearchConfig,
+    SolveConfig,
+    StatsConfig,
+)
 from jaxedit.errors import InputError
 
 # model -> (layers, v_num_grad_steps, mom2_update_weight, mom2_n_samples)
@@ -33,6 +40,48 @@ EMMET: dict[str, tuple[tuple[int, ...], float, float, int]] = {
     "llama2_7b": ((5,), 10000.0, 0.1, 25),
     "llama3_8b": ((5,), 10000.0, 0.1, 25),
 }
+
+
+# The official repository's regularized MEMIT variants (REGULARIZERS.md §1.3, §5.2;
+# hparams/MEMIT_prune, hparams/MEMIT_rect): MEMIT_seq's numbers, the driver's regularizer, and
+# prob_cutoff = -k -> MPES patience k per model (0 = off). MEMIT_prune's Llama-3 JSON (-1) is from
+# the repository's later commit 6e3ba9a.
+VARIANT_MPES = {
+    "MEMIT_prune": {"gpt2_xl": 0, "llama2_7b": 0, "llama3_8b": 1},
+    "MEMIT_rect": {"gpt2_xl": 2, "llama2_7b": 2, "llama3_8b": 1},
+}
+RECT_KEEP_OFFICIAL = 40.0  # memit_rect_main.py keeps the top 40 %; the RECT paper keeps 20 %
+RECT_KEEP_ORIGINAL = 20.0
+PRUNE_LOG_BASE_ORIGINAL = 1.2  # the PRUNE class default ("log1_2"); the repository uses ln
+
+
+def regularizer(variant: str, *, original: bool = False) -> RegularizeConfig:
+    """The regularizer of an official variant ("MEMIT_prune", "MEMIT_rect"): the repository's
+    setting, or with `original` the paper's (PRUNE: the total update against W0, log base 1.2,
+    replacing; RECT: keep 20 %)."""
+    if variant == "MEMIT_rect":
+        return RegularizeConfig(
+            rect_keep_percent=RECT_KEEP_ORIGINAL if original else RECT_KEEP_OFFICIAL
+        )
+    if variant == "MEMIT_prune":
+        if not original:
+            return RegularizeConfig(prune=True)  # last batch, ln, at the end, added on top
+        return RegularizeConfig(
+            prune=True,
+            prune_reference="original",
+            prune_log_base=PRUNE_LOG_BASE_ORIGINAL,
+            prune_double_add=False,
+        )
+    raise InputError(f"unknown variant {variant!r} (fix: one of {sorted(VARIANT_MPES)})")
+
+
+def variant_config(variant: str, model: str) -> EditConfig:
+    """The official `variant` ("MEMIT_prune", "MEMIT_rect") on `model`: sequential MEMIT with the
+    paper's numbers, the variant's MPES patience, and its regularizer."""
+    cfg = paper_config("MEMIT_seq", model)
+    cfg.regularize = regularizer(variant)
+    cfg.search.mpes_patience = VARIANT_MPES[variant][model]
+    return cfg
 
 
 def paper_config(method: str, model: str) -> EditConfig:
@@ -94,4 +143,14 @@ def smollm2_config(
         cfg.search.mpes_patience = SMOLLM2_MPES_PATIENCE if mpes else 0
     if norm is not None:
         cfg.solve.norm_lambda = ENCORE["llama3_8b"][0] if norm else 0.0
+    return cfg
+
+
+def smollm2_variant_config(variant: str, *, original: bool = False) -> EditConfig:
+    """`variant` ("MEMIT_prune", "MEMIT_rect") on SmolLM2-135M: sequential MEMIT with the tuned
+    SmolLM2 setting and MPES (patience 4), as the Llama-3 variants (from which the SmolLM2 setting
+    is derived) run MPES; so it compares with `memit_mpes` and ENCORE (MPES + the norm constraint)
+    on the same model. `original`: the regularizer as its paper has it (`regularizer`)."""
+    cfg = smollm2_config("MEMIT_seq", mpes=True)
+    cfg.regularize = regularizer(variant, original=original)
     return cfg

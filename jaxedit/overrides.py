@@ -23,7 +23,7 @@ import json
 import typing
 from typing import Any
 
-from jaxedit.config import METHODS, EditConfig
+from jaxedit.config import METHODS, PRUNE_REFERENCES, PRUNE_WHEN, EditConfig
 from jaxedit.errors import InputError
 from jaxedit.numerics import PRECISIONS
 
@@ -36,6 +36,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "search.mpes_prompts": ("context", "all"),
     "search.weight_decay_form": ("norm", "squared"),
     "solve.solver": ("cholesky", "lu"),
+    "regularize.prune_reference": PRUNE_REFERENCES,
+    "regularize.prune_when": PRUNE_WHEN,
 }
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")

@@ -58,8 +58,10 @@ def _new_value(path: str, hint, old):
         return (not old), str(not old).lower()
     if hint is int:
         return old + 1, str(old + 1)
+    if path == "regularize.prune_log_base":  # a log base must be > 1
+        return 1.2, "1.2"
     if hint is float:
-        value = 0.5 if old != 0.5 else 0.25  # valid for every float field (stop_prob < 1)
+        value = 0.5 if old != 0.5 else 0.25  # valid for the other float fields (stop_prob < 1)
         return value, repr(value)
     return "other-value", "other-value"
 

@@ -3,6 +3,7 @@ the authors' table (reference §5), written out here as literal numbers."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,33 @@ METHOD_OF = {
     "emmet": "EMMET",
 }
 SMOLLM2_ABLATIONS = {"memit_mpes": dict(mpes=True), "memit_norm": dict(norm=True)}
+# configs/{stem}_{model}.py of the official repository's regularized variants (hparams.VARIANT_MPES)
+VARIANT_OF = {"memit_prune": "MEMIT_prune", "memit_rect": "MEMIT_rect"}
+SMOLLM2_VARIANTS = {
+    "memit_prune": ("MEMIT_prune", False),
+    "memit_prune_original": ("MEMIT_prune", True),
+    "memit_rect": ("MEMIT_rect", False),
+}
+OFFICIAL_PRUNE = dict(
+    prune=True,
+    prune_reference="official_last_batch",
+    prune_log_base=math.e,
+    prune_when="end",
+    prune_double_add=True,
+    rect_keep_percent=0.0,
+)
+OFFICIAL_RECT = dict(prune=False, rect_keep_percent=40.0)
+# (variant, model) -> the fields of hparams/MEMIT_prune/*.json, hparams/MEMIT_rect/*.json (the
+# MEMIT_seq numbers; prob_cutoff -> mpes_patience; REGULARIZERS.md §1.3) and the driver's
+# regularizer.
+VARIANTS = {
+    ("MEMIT_prune", "gpt2_xl"): dict(mpes_patience=0, **OFFICIAL_PRUNE),
+    ("MEMIT_prune", "llama2_7b"): dict(mpes_patience=0, **OFFICIAL_PRUNE),
+    ("MEMIT_prune", "llama3_8b"): dict(mpes_patience=1, **OFFICIAL_PRUNE),
+    ("MEMIT_rect", "gpt2_xl"): dict(mpes_patience=2, **OFFICIAL_RECT),
+    ("MEMIT_rect", "llama2_7b"): dict(mpes_patience=2, **OFFICIAL_RECT),
+    ("MEMIT_rect", "llama3_8b"): dict(mpes_patience=1, **OFFICIAL_RECT),
+}
 
 
 def _expected(stem: str) -> config.EditConfig | None:
@@ -226,17 +254,22 @@ def _expected(stem: str) -> config.EditConfig | None:
     for model in PAPER_MODELS:
         if stem.endswith("_" + model) and stem[: -len(model) - 1] in METHOD_OF:
             return hparams.paper_config(METHOD_OF[stem[: -len(model) - 1]], model)
+        if stem.endswith("_" + model) and stem[: -len(model) - 1] in VARIANT_OF:
+            return hparams.variant_config(VARIANT_OF[stem[: -len(model) - 1]], model)
     if stem.endswith("_smollm2"):
         name = stem[: -len("_smollm2")]
         if name in METHOD_OF:
             return hparams.smollm2_config(METHOD_OF[name])
         if name in SMOLLM2_ABLATIONS:
             return hparams.smollm2_config("MEMIT_seq", **SMOLLM2_ABLATIONS[name])
+        if name in SMOLLM2_VARIANTS:
+            variant, original = SMOLLM2_VARIANTS[name]
+            return hparams.smollm2_variant_config(variant, original=original)
     return None
 
 
 def _field(cfg: config.EditConfig, name: str):
-    for section in (cfg, cfg.search, cfg.solve, cfg.stats):
+    for section in (cfg, cfg.search, cfg.solve, cfg.stats, cfg.regularize):
         if hasattr(section, name):
             return getattr(section, name)
     raise AttributeError(name)
@@ -248,6 +281,7 @@ CONFIG_FILES = sorted(CONFIGS.glob("*.py"))
 def test_every_config_is_covered():
     stems = {p.stem for p in CONFIG_FILES}
     assert {f"{m}_{model}" for m in METHOD_OF for model in PAPER_MODELS} <= stems
+    assert {f"{v}_{model}" for v in VARIANT_OF for model in PAPER_MODELS} <= stems
     uncovered = {s for s in stems if _expected(s) is None}
     assert uncovered == {"tiny"}, uncovered
 
@@ -276,3 +310,31 @@ def test_paper_config_matches_the_authors_table(method, model):
 
 def test_the_table_covers_every_method_and_model():
     assert set(PAPER) == {(m, model) for m in PAPER_METHODS for model in PAPER_MODELS}
+
+
+@pytest.mark.parametrize("variant,model", sorted(VARIANTS), ids=lambda x: x)
+def test_variant_config_matches_the_official_hparams(variant, model):
+    cfg = hparams.variant_config(variant, model)
+    cfg.validate(num_layers=NUM_LAYERS[model])
+    assert cfg.method == "MEMIT_seq"
+    got = {name: _field(cfg, name) for name in VARIANTS[variant, model]}
+    assert got == VARIANTS[variant, model]
+    # Everything else is sequential MEMIT's published setting.
+    base = {k: v for k, v in PAPER["MEMIT_seq", model].items() if k != "mpes_patience"}
+    assert {name: _field(cfg, name) for name in base} == base
+
+
+def test_smollm2_variants_are_memit_mpes_plus_the_regularizer():
+    mpes = hparams.smollm2_config("MEMIT_seq", mpes=True)
+    for stem, (variant, original) in SMOLLM2_VARIANTS.items():
+        cfg = hparams.smollm2_variant_config(variant, original=original)
+        assert config.to_dict(cfg) == {
+            **config.to_dict(mpes),
+            "regularize": config.to_dict(cfg)["regularize"],
+        }, stem
+    original = hparams.smollm2_variant_config("MEMIT_prune", original=True).regularize
+    assert (original.prune_reference, original.prune_log_base, original.prune_double_add) == (
+        "original",
+        1.2,
+        False,
+    )

@@ -312,6 +312,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference):
         _same_as_reference(root, run)
 
 
+@pytest.mark.slow  # two edit.py runs (about 40 s); the orbax resume is in the default suite
 def test_old_npz_checkpoint_still_resumes(reference):
     """A run directory of the earlier format (checkpoint.npz) resumes and continues in the new."""
     root, _, _ = reference

@@ -556,5 +556,5 @@ def test_paired_differences_and_statement(paired):
     with open(out / "editing.csv") as f:
         ed = {r["run"]: r for r in csv.DictReader(f)}
     assert ed["A"]["ES_significant"] == "True" and float(ed["A"]["ES_hi"]) <= 100.0
-    for name in ("heldout.png", "retention.png", "editing.png"):
+    for name in ("heldout.png", "retention.png", "editing.png", "paired.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name

@@ -13,7 +13,9 @@ Measures (the difference is always A − B):
 - `top-1 agreement` with the unedited model;
 - `<task> accuracy`: the likelihood protocol's per-item correctness, with McNemar's exact p;
 - `retention ES` / `retention PS`: the success rate of the retention sample of every batch edited
-  so far, pooled over batches (against the unedited model: the same records before editing);
+  so far, pooled over batches (against the unedited model: the same records before editing;
+  "itself at n edits": the records of the first retention point again at a later one, i.e. how
+  much of what was edited by then has been lost since);
 - `final ES` / `PS` / `NS`: every evaluated record after the last batch.
 """
 
@@ -169,9 +171,16 @@ def _versus_unedited(r: Run) -> list[dict]:
         for n in sorted(k for k in items if k > 0):
             rows += _downstream_diffs(name, n, items[n], items[0])
     base = _baseline_records(r)
+    retained = sorted(_retention_records(r).items())
     if base:
-        for n, recs in sorted(_retention_records(r).items()):
+        for n, recs in retained:
             rows += _record_diffs(name, n, "retention", recs, base, ("ES", "PS"))
+    if len(retained) > 1:  # decay: the first point's records again, later (same records)
+        (n0, first), later = retained[0], retained[1:]
+        since = f"{r.label} − itself at {n0} edits"
+        for n, recs in later:
+            rows += _record_diffs(since, n, "retention", recs, first, ("ES", "PS"))
+    if base:
         fin = _final_records(r)
         if fin:
             rows += _record_diffs(name, r.num_edits or 0, "final", fin, base, ("ES", "PS", "NS"))

@@ -18,6 +18,8 @@ from .runs import (
 )
 from .tables import Table
 
+PAIRED_PANELS = 12  # the first measures of table 8, in its order
+
 DPI = 100
 FIGSIZE = (9.0, 6.0)
 
@@ -374,5 +376,53 @@ def plot_mpes(table: Table, path: Path, styles: dict | None = None) -> bool:
             ax.set_ylim(0, 1.05)
     fig.suptitle("Target-activation search: steps and edited-fact probability", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
+    _save(fig, path)
+    return True
+
+
+def plot_paired(table: Table | None, path: Path, styles: dict | None = None) -> bool:
+    """Table 8 as curves: each measure's paired difference (A − B) against edits, one line per
+    comparison with its 95 % interval shaded and the zero line drawn; a point whose interval
+    excludes 0 is filled, one that does not is hollow."""
+    if table is None or not table.rows:
+        return False
+    measures = list(dict.fromkeys(r["measure"] for r in table.rows if r["num_edits"]))
+    measures = [m for m in measures if not m.startswith("final")][:PAIRED_PANELS]
+    if not measures:
+        return False
+    comparisons = list(dict.fromkeys(r["comparison"] for r in table.rows))
+    plt = _plt()
+    styles = _styles(comparisons)
+    fig, axes = _panels(plt, len(measures))
+    for ax, m in zip(axes, measures):
+        _int_x(ax)
+        ax.axhline(0.0, color="0.3", linewidth=0.8)
+        for comp in comparisons:
+            pts = sorted(
+                (r["num_edits"], r["diff"], r["diff_lo"], r["diff_hi"], r["significant"])
+                for r in table.rows
+                if r["comparison"] == comp and r["measure"] == m
+            )
+            if not pts:
+                continue
+            xs, ys, lo, hi, sig = zip(*pts)
+            st = styles[comp]
+            ax.fill_between(xs, lo, hi, color=st["color"], alpha=0.18, linewidth=0)
+            ax.vlines(xs, lo, hi, color=st["color"], linewidth=1.0, alpha=0.6)
+            ax.plot(xs, ys, color=st["color"], label=comp)
+            for x, y, g in zip(xs, ys, sig):
+                ax.plot(
+                    [x],
+                    [y],
+                    st["marker"],
+                    color=st["color"],
+                    markerfacecolor=st["color"] if g else "white",
+                    markersize=5,
+                )
+        ax.set_title(m)
+        ax.grid(True, alpha=0.3)
+        ax.set_xlabel("edits")
+        ax.set_ylabel("Δ")
+    _finish(fig, axes, "Paired differences (shaded: 95 % CI; filled: significant)")
     _save(fig, path)
     return True

@@ -15,6 +15,7 @@ from .plots import (
     plot_heldout,
     plot_mpes,
     plot_norm_growth,
+    plot_paired,
     plot_retention,
 )
 from .runs import (
@@ -37,6 +38,10 @@ from .tables import (
     norms_table,
     retention_table,
 )
+
+
+def _named(tables, name: str):
+    return next((t for t in tables if t.name == name), None)
 
 
 def summarize(
@@ -108,6 +113,7 @@ def summarize(
             ("editing.png", lambda p: plot_editing(tables[0], p, styles)),
             ("heldout.png", lambda p: plot_heldout(loaded, p, styles)),
             ("retention.png", lambda p: plot_retention(loaded, p, styles)),
+            ("paired.png", lambda p: plot_paired(_named(tables, "paired"), p)),
         ]
         for name, job in plot_jobs:
             try:
@@ -130,7 +136,7 @@ def summarize(
     md.append("")
     for t in tables:
         md.append(t.markdown())
-    paired = next((t for t in tables if t.name == "paired"), None)
+    paired = _named(tables, "paired")
     if paired is not None:
         md.append(statement(paired))
     if files:

@@ -305,6 +305,8 @@ def default_label(cfg: config_lib.EditConfig) -> str:
     name = "MEMIT" if cfg.method == "MEMIT_seq" else cfg.method
     if cfg.search.mpes_patience:
         name += "+MPES"
+    if cfg.search.lti:
+        name += "+LTI" if cfg.search.teacher_positions == "official" else "+LTI(aligned)"
     if cfg.solve.norm_lambda:
         name += "+norm"
     if cfg.regularize.rect:
@@ -521,6 +523,9 @@ def check_resumable(
             # How many requests are searched at once changes rounding only (like --mesh): a run
             # may resume with another value; runs from before the field have none.
             search = {k: v for k, v in value.get("search", {}).items() if k != "max_requests"}
+            # Runs from before LTI ran without it (its fields at their defaults, LTI off).
+            lti_off = config_lib.to_dict(config_lib.EditConfig())["search"]
+            search = {k: lti_off[k] for k in config_lib.LTI_FIELDS} | search
             value = {**value, "search": search}
             # Runs from before the regularizer section ran without one (all off).
             value.setdefault(

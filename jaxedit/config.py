@@ -8,10 +8,8 @@ structural ones (`num_steps`, `mpes_patience`, rule choices) are static. The sol
 recompile either. The dataclasses stay mutable so that a binary can override single fields from its
 command line.
 
-Reference hyperparameter names (MEMIT/AlphaEdit/EMMET/ENCORE hparams JSON) map to ours through
-`REFERENCE_NAMES`; `from_reference_hparams` imports those files unchanged. The reference's
-sign-overloaded `prob_cutoff` becomes two fields: `prob_cutoff < 0` → `mpes_patience = -prob_cutoff`
-(MPES), `prob_cutoff > 0` → `stop_prob = prob_cutoff`.
+`from_reference_hparams` imports the authors' hparams JSON files unchanged (the name table and the
+LTI defaulting are in `jaxedit.reference_hparams`).
 """
 
 from __future__ import annotations
@@ -25,12 +23,23 @@ from typing import Any
 import jax
 
 from jaxedit.errors import InputError
-from jaxedit.files import read_json, require_file
+from jaxedit.files import require_file
 from jaxedit.numerics import check_precision
 
 METHODS = ("MEMIT", "MEMIT_seq", "ENCORE", "AlphaEdit", "EMMET")
 PRUNE_REFERENCES = ("official_last_batch", "original")
 PRUNE_WHEN = ("end", "every_batch")
+TEACHER_POSITIONS = ("official", "aligned")
+# LTI's search fields (SearchConfig); runs recorded before them ran with LTI off.
+LTI_FIELDS = (
+    "lti",
+    "nll_factor",
+    "last_kl_factor",
+    "mid_kl_factor",
+    "midlayer",
+    "constr_pos",
+    "teacher_positions",
+)
 
 
 class ConfigValueError(InputError):
@@ -66,6 +75,23 @@ class SearchConfig:
         update is still one solve). Each request's search is independent of the others, so this
         changes results only by float rounding; it bounds the search's memory, which grows with
         the requests searched together (`experiments/memory_plan.py`). 0 = the whole batch.
+
+    LTI ("learn the inference", REGULARIZERS.md §2; `jaxedit.lti`), off by default:
+      lti: on/off. On: the loss is nll_factor·NLL + last_kl_factor·KL_last + mid_kl_factor·KL_mid
+        + the weight decay, with KL(student ‖ teacher) against an in-context teacher ("Imagine
+        that {prompt} {target}\n" before every rewriting prompt, the current model, no δ);
+        `kl_factor` is not used (the KL prompt's row of KL_last replaces it). MPES and the other
+        stop rules combine with it.
+      nll_factor, last_kl_factor, mid_kl_factor: the three weights (official 0.125 and, on Llama,
+        0.0725 / 0.0425).
+      midlayer: the block whose output at the subject's last token is read through the logit lens
+        (final norm, unembedding) for KL_mid (official: 15 on Llama, 30 on GPT2-XL); at or below
+        the target layer the term does not depend on δ.
+      constr_pos: where KL_mid compares: only "subject" (the official "last" and "all" crash in
+        the official teacher and are refused).
+      teacher_positions: "official" reads the teacher at the positions of the unprefixed prompts
+        (the repository's misalignment, REGULARIZERS.md §2.6.1); "aligned" at the positions
+        recomputed on the prefixed prompts.
     """
 
     lr: float = 0.5
@@ -79,6 +105,13 @@ class SearchConfig:
     mpes_prompts: str = _static("context")
     weight_decay_form: str = _static("norm")
     max_requests: int = _static(0)
+    lti: bool = _static(False)
+    nll_factor: float = 0.125
+    last_kl_factor: float = 0.0725
+    mid_kl_factor: float = 0.0425
+    midlayer: int = _static(-1)
+    constr_pos: str = _static("subject")
+    teacher_positions: str = _static("official")
 
     def validate(self) -> None:
         if self.num_steps < 1:
@@ -107,6 +140,37 @@ class SearchConfig:
         if not 0 <= self.stop_prob < 1:
             raise ConfigValueError(
                 f"search.stop_prob={self.stop_prob}: must be in [0, 1) (0 = off)"
+            )
+        self._validate_lti()
+
+    def _validate_lti(self) -> None:
+        for name in ("nll_factor", "last_kl_factor", "mid_kl_factor"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigValueError(
+                    f"search.{name}={value}: must be a finite number >= 0 (fix: the official "
+                    "LTI configs use nll_factor=0.125, last_kl_factor=0.0725, mid_kl_factor=0.0425)"
+                )
+        if self.constr_pos in ("last", "all"):
+            raise ConfigValueError(
+                f"search.constr_pos={self.constr_pos!r}: not supported; the official teacher "
+                "slices these positions with a negated start and crashes (REGULARIZERS.md "
+                "§2.6.2) (fix: set search.constr_pos='subject', what every official config uses)"
+            )
+        if self.constr_pos != "subject":
+            raise ConfigValueError(
+                f"search.constr_pos={self.constr_pos!r}: unknown (fix: set "
+                "search.constr_pos='subject')"
+            )
+        if self.teacher_positions not in TEACHER_POSITIONS:
+            raise ConfigValueError(
+                f"search.teacher_positions={self.teacher_positions!r}: unknown (fix: one of "
+                f"{TEACHER_POSITIONS}; 'official' is the repository's behaviour)"
+            )
+        if self.lti and self.midlayer < 0:
+            raise ConfigValueError(
+                f"search.midlayer={self.midlayer}: LTI needs the block of its mid-layer KL (fix: "
+                "set search.midlayer, e.g. 15 on a 32-block Llama, 30 on GPT2-XL)"
             )
 
 
@@ -287,6 +351,11 @@ class EditConfig:
                 f"({num_layers - 1})"
             )
         self.search.validate()
+        if num_layers is not None and self.search.lti and self.search.midlayer >= num_layers:
+            raise ConfigValueError(
+                f"search.midlayer={self.search.midlayer}: the model has blocks "
+                f"0..{num_layers - 1} (fix: pick a block in that range)"
+            )
         self.solve.validate()
         self.stats.validate()
         self.regularize.validate()
@@ -310,83 +379,16 @@ class EditConfig:
             )
 
 
-# Reference hparams JSON name, our section ("-" = top level), our name. `prob_cutoff` is handled
-# separately (`from_reference_hparams`).
-_REFERENCE_TABLE = """
-    layers               -       layers
-    v_lr                 search  lr
-    v_num_grad_steps     search  num_steps
-    v_weight_decay       search  weight_decay
-    kl_factor            search  kl_factor
-    clamp_norm_factor    search  clamp_norm_factor
-    mom2_update_weight   solve   cov_weight
-    update_norm_lambda   solve   norm_lambda
-    add_prev_edits       solve   add_prev_edits
-    nullspace_threshold  solve   nullspace_threshold
-    L2                   solve   l2
-    emmet_lambda         solve   emmet_lambda
-    mom2_n_samples       stats   num_samples
-"""
-REFERENCE_NAMES: dict[str, tuple[str | None, str]] = {
-    ref: (None if section == "-" else section, ours)
-    for ref, section, ours in (row.split() for row in _REFERENCE_TABLE.strip().splitlines())
-}
-# Reference fields that carry model internals or are unused (reference Q22); accepted and ignored.
-IGNORED_REFERENCE_NAMES = frozenset(
-    """
-layer_selection fact_token v_loss_layer rewrite_module_tmp layer_module_tmp mlp_module_tmp
-attn_module_tmp ln_f_module lm_head_module mom2_dataset mom2_dtype mom2_adjustment
-calculate_objective_value calculate_norm calculate_norms norm_control dynamic_multiplier
-random_vector_preservation use_gd grad_desc_lr grad_desc_steps gd_lambda spectral_norm
-condition_num algo_name dataset sequential model_name stats_dir alg_name
-""".split()
-)
-
-
 def from_reference_hparams(
     path_or_dict: str | os.PathLike | dict,
     base: EditConfig | None = None,
     method: str | None = None,
 ) -> EditConfig:
-    """Imports an authors' hparams JSON (MEMIT/AlphaEdit/EMMET/ENCORE) onto `base`."""
-    hp = (
-        path_or_dict
-        if isinstance(path_or_dict, dict)
-        else read_json(path_or_dict, "hparams JSON", "pass the authors' hparams .json file")
-    )
-    if not isinstance(hp, dict):
-        raise ConfigValueError(f"hparams JSON {path_or_dict}: expected a JSON object of fields")
-    cfg = base or EditConfig()
-    cfg = dataclasses.replace(
-        cfg,
-        search=dataclasses.replace(cfg.search),
-        solve=dataclasses.replace(cfg.solve),
-        stats=dataclasses.replace(cfg.stats),
-        regularize=dataclasses.replace(cfg.regularize),
-    )
-    unknown = sorted(set(hp) - set(REFERENCE_NAMES) - IGNORED_REFERENCE_NAMES - {"prob_cutoff"})
-    if unknown:
-        raise ConfigValueError(f"hparams JSON has fields jaxedit does not know: {unknown}")
-    for name, value in hp.items():
-        if name not in REFERENCE_NAMES:
-            continue
-        section, ours = REFERENCE_NAMES[name]
-        target = cfg if section is None else getattr(cfg, section)
-        if ours == "layers":
-            value = tuple(int(v) for v in value)
-        elif isinstance(getattr(target, ours), float):
-            value = float(value)  # JSON ints would give the jitted search another signature
-        elif isinstance(getattr(target, ours), bool):
-            value = bool(value)
-        elif isinstance(getattr(target, ours), int):
-            value = int(value)
-        setattr(target, ours, value)
-    cutoff = hp.get("prob_cutoff", 0)
-    cfg.search.mpes_patience = int(-cutoff) if cutoff < 0 else 0
-    cfg.search.stop_prob = float(cutoff) if cutoff > 0 else 0.0
-    if method is not None:
-        cfg.method = method
-    return cfg
+    """Imports an authors' hparams JSON (MEMIT/AlphaEdit/EMMET/ENCORE, MEMIT_lti/AlphaEdit_lti)
+    onto `base` (`jaxedit.reference_hparams.import_hparams`)."""
+    from jaxedit import reference_hparams  # it imports this module
+
+    return reference_hparams.import_hparams(path_or_dict, base, method)
 
 
 def load_config_file(path: str | os.PathLike) -> EditConfig:

@@ -39,7 +39,7 @@ from jaxedit.lm import LanguageModel
 from jaxedit.models import Probe, rewrite_path
 from jaxedit.prompts import KeyBatch, build_key_batch, pad_key_rows
 from jaxedit.requests import EditRequest, validate_requests
-from jaxedit.search import SearchResult, build_search_batch, search_targets
+from jaxedit.search import SearchResult, search_requests
 from jaxedit.shapes import bucket_in
 from jaxedit.state import BatchReport, EditState, JournalEntry
 from jaxedit.stats import LayerStats
@@ -216,17 +216,16 @@ class Editor:
         return res, infos
 
     def _search(self, params, requests: Sequence[EditRequest]) -> tuple[SearchResult, list[dict]]:
-        batch, infos = build_search_batch(
-            self.model.tokenizer,
-            requests,
-            self.templates,
+        model, cfg = self.model, self.cfg
+        inputs = (model.tokenizer, requests, self.templates, cfg.search, cfg.z_layer)
+        return search_requests(
+            self._graphdef,
+            params,
+            *inputs,
             pad_requests_to=self._padded_size(len(requests)),
-            max_length=self.model.config.max_position_embeddings,
+            max_length=model.config.max_position_embeddings,
+            mesh=self.mesh,
         )
-        res = search_targets(
-            self._graphdef, params, batch, self.cfg.search, self.cfg.z_layer, mesh=self.mesh
-        )
-        return res, infos
 
     def _padded_size(self, n: int) -> int:
         return padded_search_size(n, sharding.data_size(self.mesh))

@@ -84,6 +84,61 @@ def variant_config(variant: str, model: str) -> EditConfig:
     return cfg
 
 
+# The official repository's LTI settings (REGULARIZERS.md §2.5; hparams/MEMIT_lti/*.json,
+# hparams/AlphaEdit_lti/*.json; MEMIT_lti_prune / MEMIT_lti_rect are MEMIT_lti's numbers):
+# model -> (clamp_norm_factor, v_num_grad_steps, v_weight_decay, last_kl_factor, mid_kl_factor,
+# midlayers[-1]); v_lr 0.5 and nll_factor 0.125 everywhere, constr_pos "subject", no MPES
+# (memit_lti has none; AlphaEdit_lti's prob_cutoff is 0). λ_p and mom2_n_samples are MODELS'.
+LTI = {
+    "gpt2_xl": (1.2, 25, 0.5, 0.0425, 0.0525, 30),
+    "llama2_7b": (4.0, 30, 1e-3, 0.0725, 0.0425, 15),
+    "llama3_8b": (4.0, 30, 1e-3, 0.0725, 0.0425, 15),
+}
+LTI_LR = 0.5
+LTI_NLL_FACTOR = 0.125
+# variant -> the regularizer it pairs LTI with (None: none) and the update rule
+LTI_VARIANTS = {
+    "MEMIT_lti": (None, "MEMIT_seq"),
+    "MEMIT_lti_prune": ("MEMIT_prune", "MEMIT_seq"),
+    "MEMIT_lti_rect": ("MEMIT_rect", "MEMIT_seq"),
+    "AlphaEdit_lti": (None, "AlphaEdit"),
+}
+# SmolLM2-135M (30 blocks): block 14 is at about the relative depth of Llama's 15 of 32
+# (15/32 ≈ 0.47, 14/30 ≈ 0.47); the other LTI numbers are the Llama-3-8B ones [chosen by analogy].
+SMOLLM2_LTI_MIDLAYER = 14
+
+
+def lti_search(search: SearchConfig, model: str, *, midlayer: int | None = None) -> None:
+    """Switches LTI on in `search` with the official setting of `model` (in place); MEMIT's own
+    KL term is off (`kl_factor = 0`: LTI drops it), MPES off."""
+    clamp, steps, wd, last_kl, mid_kl, mid = LTI[model]
+    search.lti, search.lr, search.num_steps = True, LTI_LR, steps
+    search.clamp_norm_factor, search.weight_decay, search.kl_factor = clamp, wd, 0.0
+    search.nll_factor, search.last_kl_factor, search.mid_kl_factor = LTI_NLL_FACTOR, last_kl, mid_kl
+    search.midlayer = mid if midlayer is None else midlayer
+    search.constr_pos, search.mpes_patience, search.stop_prob = "subject", 0, 0.0
+
+
+def lti_config(variant: str, model: str) -> EditConfig:
+    """The official LTI `variant` (one of LTI_VARIANTS) on `model`: MEMIT_seq (or AlphaEdit) with
+    the paper's solve settings, the LTI search and, for _prune / _rect, the official regularizer.
+    AlphaEdit_lti has no GPT2-XL setting: the official JSON is AlphaEdit's and cannot load."""
+    if variant not in LTI_VARIANTS:
+        raise InputError(f"unknown LTI variant {variant!r} (fix: one of {sorted(LTI_VARIANTS)})")
+    if variant == "AlphaEdit_lti" and model == "gpt2_xl":
+        raise InputError(
+            "AlphaEdit_lti has no GPT2-XL setting: hparams/AlphaEdit_lti/gpt2-xl.json is a copy "
+            "of AlphaEdit's without the LTI fields (REGULARIZERS.md §1.3) (fix: llama2_7b or "
+            "llama3_8b)"
+        )
+    reg, method = LTI_VARIANTS[variant]
+    cfg = paper_config(method, model)
+    lti_search(cfg.search, model)
+    if reg is not None:
+        cfg.regularize = regularizer(reg)
+    return cfg
+
+
 def paper_config(method: str, model: str) -> EditConfig:
     """The published setting of `method` ("MEMIT", "MEMIT_seq", "ENCORE", "AlphaEdit", "EMMET") on
     `model` ("gpt2_xl", "llama2_7b", "llama3_8b")."""
@@ -153,4 +208,19 @@ def smollm2_variant_config(variant: str, *, original: bool = False) -> EditConfi
     on the same model. `original`: the regularizer as its paper has it (`regularizer`)."""
     cfg = smollm2_config("MEMIT_seq", mpes=True)
     cfg.regularize = regularizer(variant, original=original)
+    return cfg
+
+
+def smollm2_lti_config(variant: str) -> EditConfig:
+    """`variant` ("MEMIT_lti", "MEMIT_lti_prune", "MEMIT_lti_rect") on SmolLM2-135M: sequential
+    MEMIT with the tuned SmolLM2 solve setting, the Llama-3-8B LTI search with its mid layer at
+    block 14 (`SMOLLM2_LTI_MIDLAYER`), no MPES (as the official MEMIT_lti), and for _prune /
+    _rect the official regularizer."""
+    reg, method = LTI_VARIANTS[variant]
+    if method != "MEMIT_seq":
+        raise InputError(f"{variant} has no SmolLM2 setting (fix: one of the MEMIT_lti variants)")
+    cfg = smollm2_config("MEMIT_seq")
+    lti_search(cfg.search, "llama3_8b", midlayer=SMOLLM2_LTI_MIDLAYER)
+    if reg is not None:
+        cfg.regularize = regularizer(reg)
     return cfg

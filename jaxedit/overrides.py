@@ -23,7 +23,7 @@ import json
 import typing
 from typing import Any
 
-from jaxedit.config import METHODS, PRUNE_REFERENCES, PRUNE_WHEN, EditConfig
+from jaxedit.config import METHODS, PRUNE_REFERENCES, PRUNE_WHEN, TEACHER_POSITIONS, EditConfig
 from jaxedit.errors import InputError
 from jaxedit.numerics import PRECISIONS
 
@@ -35,6 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "matmul_precision": PRECISIONS,
     "search.mpes_prompts": ("context", "all"),
     "search.weight_decay_form": ("norm", "squared"),
+    "search.teacher_positions": TEACHER_POSITIONS,
     "solve.solver": ("cholesky", "lu"),
     "regularize.prune_reference": PRUNE_REFERENCES,
     "regularize.prune_when": PRUNE_WHEN,

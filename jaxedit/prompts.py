@@ -7,24 +7,29 @@ the requests' checks.
 * the search's rows (`build_search_batch`: rewriting prompts = context templates × prompt + the
   target minus its last token, and the KL prompt "{subject} is a") and the key rows
   (`build_key_batch`: context templates × prompt, no target, §1.3), right-padded to bucketed shapes
-  (`jaxedit.shapes`) as numpy arrays in the dataclasses the jitted code takes.
+  (`jaxedit.shapes`) as numpy arrays in the dataclasses the jitted code takes;
+* LTI's teacher rows (`build_teacher_batch`: "Imagine that {prompt} {target}\n" before every
+  rewriting prompt, the KL prompt as it is; REGULARIZERS.md §2.2) and where the teacher is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
+from jaxedit.config import TEACHER_POSITIONS
 from jaxedit.shapes import bucket
 
 if TYPE_CHECKING:
     from jaxedit.requests import EditRequest
 
 Array = jax.Array
+KL_PROMPT = "{} is a"  # the search's KL prompt (reference §2.3)
+KL_POSITIONS = ("subject", "last")
 
 
 def _pad_rows(rows: Sequence[Sequence[Sequence[int]]], t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,18 +135,24 @@ def build_search_batch(
     *,
     pad_requests_to: int | None = None,
     max_length: int | None = None,
+    kl_position: str = "subject",
 ) -> tuple[SearchBatch, list[dict]]:
     """Tokenizes the rewriting and KL prompts of every request (host side, numpy).
+
+    `kl_position`: where the KL prompt's logits are read: "subject" (its subject's last token,
+    MEMIT's KL term) or "last" (its last token, LTI's KL row; REGULARIZERS.md §2.1).
 
     Returns the batch and, per request, a record of the prompts, lookup indices and target ids (for
     run logs and fixture comparisons).
     """
+    if kl_position not in KL_POSITIONS:
+        raise ValueError(f"kl_position={kl_position!r}: one of {KL_POSITIONS}")
     contexts = flatten_templates(templates)
     rows, infos = [], []
     for req in requests:
         target = target_token_ids(tokenizer, req.target_new)
         prefix_text = tokenizer.decode(target[:-1])
-        templates_j = [c.replace("{}", req.prompt, 1) + prefix_text for c in contexts] + ["{} is a"]
+        templates_j = [c.replace("{}", req.prompt, 1) + prefix_text for c in contexts] + [KL_PROMPT]
         texts = [t.replace("{}", req.subject, 1) for t in templates_j]
         ids = [list(tokenizer(t)["input_ids"]) for t in texts]
         lookups = [subject_last_index(tokenizer, t, req.subject) for t in templates_j]
@@ -173,10 +184,13 @@ def build_search_batch(
                 target_pos[j, i, :n_target] = pos
                 target_ids[j, i, :n_target] = target
                 target_mask[j, i, :n_target] = 1.0
+            elif kl_position == "last":  # the KL prompt's last token
+                target_pos[j, i, :] = len(seq) - 1
     for j in range(len(rows), r):  # padding requests: copies of a real one, marked invalid
         input_ids[j], mask[j], lookup[j] = input_ids[0], mask[0], lookup[0]
         target_pos[j], target_ids[j], target_mask[j] = target_pos[0], target_ids[0], target_mask[0]
     needed = np.where(target_mask > 0, target_pos, lookup[:, :, None])
+    needed[:, -1] = target_pos[:, -1]  # the KL row's read position (its lookup unless "last")
     window_start = np.minimum(lookup, needed.min(-1)).astype(np.int32)
     window_len = bucket(int((np.maximum(lookup, needed.max(-1)) - window_start).max() + 1), 8)
     arrays = (input_ids, mask, lookup, target_pos, target_ids, target_mask, valid, window_start)
@@ -191,7 +205,8 @@ class SearchBatch:
     Attributes:
       input_ids, mask: `[r, g, t]` right-padded prompts.
       lookup: `[r, g]` subject-last token of each prompt (δ is added there).
-      target_pos: `[r, g, p]` positions whose logits predict the target tokens (KL row: its lookup).
+      target_pos: `[r, g, p]` positions whose logits predict the target tokens (KL row: its lookup,
+        or its last token with `kl_position="last"`).
       target_ids: `[r, g, p]` target token ids.
       target_mask: `[r, g, p]` 1 at real target positions of rewriting prompts.
       valid: `[r]` False for padding requests (they start stopped).
@@ -216,6 +231,104 @@ class SearchBatch:
     @property
     def num_requests(self) -> int:
         return self.input_ids.shape[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# LTI's teacher rows (REGULARIZERS.md §2.2)
+
+
+def lti_prefix(request: EditRequest) -> str:
+    """LTI's in-context prefix: "Imagine that " + the filled prompt + " " + the new target + a
+    newline (the official `get_edit_prefix`; the target with its leading space, as the official
+    driver passes it)."""
+    fact = request.prompt.replace("{}", request.subject, 1) + with_leading_space(request.target_new)
+    return f"Imagine that {fact}\n"
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TeacherBatch:
+    """LTI's teacher rows; r requests × g prompts as in the `SearchBatch` they go with.
+
+    Attributes:
+      input_ids, mask: `[r, g, t]` right-padded: the prefix + each rewriting prompt, then the KL
+        prompt without a prefix.
+      target_pos: `[r, g, p]` where the teacher's last-layer distributions are read (rewriting rows:
+        the target positions, padding entries at the lookup; KL row: its last token).
+      lookup: `[r, g]` where the mid-layer logit lens is read (the subject's last token).
+    """
+
+    input_ids: Array | np.ndarray
+    mask: Array | np.ndarray
+    target_pos: Array | np.ndarray
+    lookup: Array | np.ndarray
+
+
+def build_teacher_batch(
+    tokenizer,
+    requests: Sequence[EditRequest],
+    templates: Sequence[Sequence[str]],
+    batch: SearchBatch,
+    *,
+    positions: str = "official",
+    prefix: Callable[[EditRequest], str] = lti_prefix,
+    max_length: int | None = None,
+) -> TeacherBatch:
+    """Tokenizes LTI's teacher rows for the requests of `batch` (built with `kl_position="last"`).
+
+    `positions="official"` reads the teacher at `batch`'s positions, those of the *unprefixed*
+    prompts, as the official code does (REGULARIZERS.md §2.6.1: every rewriting row is read too
+    early; only the KL row, unprefixed on both sides, is aligned). `"aligned"` recomputes them on
+    the prefixed tokenization: the target positions counted back from each prefixed row's length,
+    the subject's last token from the tokens of prefix + template head + subject (no constant
+    offset: a tokenizer may split the text after the newline differently). `prefix` makes the
+    prefix (a test can pass `lambda request: ""`).
+    """
+    if positions not in TEACHER_POSITIONS:
+        raise ValueError(f"positions={positions!r}: one of {TEACHER_POSITIONS}")
+    contexts = flatten_templates(templates)
+    r, g, _ = np.shape(batch.target_pos)
+    if len(contexts) + 1 != g or len(requests) > r:
+        raise ValueError(
+            f"{len(requests)} requests × {len(contexts) + 1} prompts do not fit {r}×{g}"
+        )
+    target_pos = np.array(batch.target_pos, np.int32)
+    lookup = np.array(batch.lookup, np.int32)
+    rows = []
+    for j, req in enumerate(requests):
+        target = target_token_ids(tokenizer, req.target_new)
+        head = prefix(req)
+        templates_j = [
+            c.replace("{}", req.prompt, 1) + tokenizer.decode(target[:-1]) for c in contexts
+        ]
+        texts = [head + t.replace("{}", req.subject, 1) for t in templates_j]
+        ids = [list(tokenizer(t)["input_ids"]) for t in texts]
+        ids.append(list(tokenizer(KL_PROMPT.replace("{}", req.subject, 1))["input_ids"]))
+        rows.append(ids)
+        if positions == "aligned":
+            n = len(target)
+            for i, template in enumerate(templates_j):
+                before, _ = _split_template(template)
+                lookup[j, i] = len(tokenizer.encode(head + before + req.subject)) - 1
+                target_pos[j, i, :] = lookup[j, i]  # padding entries point at a real position
+                target_pos[j, i, :n] = len(ids[i]) - n + np.arange(n)
+    longest = max(len(seq) for ids in rows for seq in ids)
+    if max_length is not None and longest > max_length:
+        raise ValueError(
+            f"LTI's teacher prompts need {longest} tokens, the model's context is {max_length}"
+        )
+    t = bucket(longest, 16) if max_length is None else min(bucket(longest, 16), max_length)
+    input_ids = np.zeros((r, g, t), np.int32)
+    mask = np.zeros((r, g, t), np.int32)
+    input_ids[: len(rows)], mask[: len(rows)] = _pad_rows(rows, t)
+    for j in range(len(rows), r):  # padding requests: copies of request 0, as in `batch`
+        input_ids[j], mask[j], target_pos[j], lookup[j] = (
+            input_ids[0],
+            mask[0],
+            target_pos[0],
+            lookup[0],
+        )
+    return TeacherBatch(input_ids, mask, target_pos, lookup)
 
 
 @jax.tree_util.register_dataclass

@@ -26,12 +26,20 @@ Doing less work than the reference: blocks 0..z_layer do not depend on δ, so th
 computed once and each iteration re-runs only blocks z_layer+1..; logits are computed only at the
 target positions and the KL position, not for the whole sequence; the gradient is taken with respect
 to δ only (no weight gradients).
+
+LTI (`search.lti`, `jaxedit.lti`): the teacher pass runs once before the loop (`search_targets`
+takes its rows); the loss becomes nll_factor·NLL + KL_last + KL_mid + weight decay (no `kl_factor`
+term). The student's mid-layer residual at the subject's last token is the window's δ position,
+read in the same re-run when `midlayer` > z_layer; at or below z_layer it does not depend on δ and
+is read once from the clean pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -39,16 +47,21 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxedit import sharding
+from jaxedit import lti, sharding
 from jaxedit.config import SearchConfig
 from jaxedit.models import Probe
 from jaxedit.prompts import (  # noqa: F401 (re-exported: the search's public API)
     SearchBatch,
+    TeacherBatch,
     build_search_batch,
+    build_teacher_batch,
     flatten_templates,
     target_token_ids,
 )
 from jaxedit.shapes import bucket_pow2
+
+if TYPE_CHECKING:
+    from jaxedit.requests import EditRequest
 
 Array = jax.Array
 
@@ -103,17 +116,23 @@ def _merge_rows(x: Array) -> Array:
 _HIST_KEYS = ("loss", "nll", "kl", "wd", "avg_prob", "delta_norm")
 
 
+def _hist_keys(hp: SearchConfig) -> tuple[str, ...]:
+    """History rows: with LTI, "kl" is the weighted KL_last and "mid_kl" the weighted KL_mid."""
+    return _HIST_KEYS + (("mid_kl",) if hp.lti else ())
+
+
 def _optimizer(hp: SearchConfig):
     return optax.inject_hyperparams(optax.adam)(learning_rate=hp.lr)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "z_layer"))
-def _prepare(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_layer: int):
+def _prepare(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_layer: int, lti_ref=None):
     """The clean pass (δ = 0) and the initial loop state; every context leaf is request-major
     `[r, ...]`.
 
     One clean pass gives the residual after z_layer, the keys/values of the later blocks (positions
-    before each row's window are unaffected by δ) and the reference distribution q0.
+    before each row's window are unaffected by δ) and the reference distribution q0; with LTI
+    (`lti_ref`: the teacher) and `midlayer` <= z_layer also the student's constant mid-layer lens.
     """
     model = nnx.merge(graphdef, params)
     r, g, t = batch.input_ids.shape
@@ -121,11 +140,12 @@ def _prepare(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_layer: in
     mask = batch.mask.reshape(r * g, t)
     lookup = batch.lookup.reshape(r * g)
     logits_index = jnp.asarray(batch.target_pos).reshape(r * g, -1)  # a no-op under jit
+    mid_below = hp.lti and hp.midlayer < z_layer
     clean = model(
         ids,
         mask,
         Probe(
-            resid_layers=(z_layer,),
+            resid_layers=(z_layer, hp.midlayer) if mid_below else (z_layer,),
             logits_index=logits_index,
             kv_layers=tuple(range(z_layer + 1, model.num_layers)),
         ),
@@ -153,6 +173,11 @@ def _prepare(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_layer: in
         target_ids=batch.target_ids,
         target_mask=batch.target_mask,
     )
+    if hp.lti:
+        ctx["lti_ref"] = lti_ref
+        if hp.midlayer <= z_layer:  # block midlayer's output does not see δ (added after z_layer)
+            h_mid = clean.residuals[hp.midlayer][jnp.arange(r * g), lookup]
+            ctx["lti_mid"] = lti.logit_lens(model, h_mid).reshape(r, g, -1)
     init = dict(
         it=jnp.int32(0),
         delta=jnp.zeros_like(h0),
@@ -162,7 +187,7 @@ def _prepare(graphdef, params, batch: SearchBatch, hp: SearchConfig, z_layer: in
         stop_step=jnp.zeros((r,), jnp.int32),
         prob=jnp.zeros((r,), jnp.float32),
         loss=jnp.zeros((r,), jnp.float32),
-        history={k: jnp.full((hp.num_steps, r), jnp.nan, jnp.float32) for k in _HIST_KEYS}
+        history={k: jnp.full((hp.num_steps, r), jnp.nan, jnp.float32) for k in _hist_keys(hp)}
         | {"num_correct": jnp.full((hp.num_steps, r), -1, jnp.int32)},
     )
     return ctx, init
@@ -176,6 +201,7 @@ def _run(graphdef, params, ctx, state, hp: SearchConfig, z_layer: int, min_live:
     r, g = ctx["target_ids"].shape[:2]
     n_rw = g - 1
     rows = jax.tree.map(_merge_rows, ctx["rows"])
+    mid_above = hp.lti and hp.midlayer > z_layer
     window_probe = dict(
         hidden=rows["hidden"],
         start_layer=z_layer + 1,
@@ -185,6 +211,8 @@ def _run(graphdef, params, ctx, state, hp: SearchConfig, z_layer: int, min_live:
         delta_layer=z_layer,
         logits_index=rows["logits_index"],
     )
+    if mid_above:  # the subject's last token is the window's δ position: recomputed every step
+        window_probe.update(resid_layers=(hp.midlayer,), read_index=rows["delta_index"])
     h0_norm, kl_ref = ctx["h0_norm"], jax.lax.stop_gradient(ctx["kl_ref"])
     target_ids = ctx["target_ids"][:, :n_rw]
     tmask = ctx["target_mask"][:, :n_rw]
@@ -192,20 +220,31 @@ def _run(graphdef, params, ctx, state, hp: SearchConfig, z_layer: int, min_live:
 
     def loss_fn(delta):
         rows_delta = jnp.repeat(delta, g, axis=0)
-        logits = model(rows["ids"], rows["mask"], Probe(delta=rows_delta, **window_probe)).logits
-        logits = logits.reshape(r, g, -1, model.config.vocab_size)
+        out = model(rows["ids"], rows["mask"], Probe(delta=rows_delta, **window_probe))
+        logits = out.logits.reshape(r, g, -1, model.config.vocab_size)
         logp = jax.nn.log_softmax(logits, axis=-1)
         tok = jnp.take_along_axis(logp[:, :n_rw], target_ids[..., None], axis=-1)[..., 0]
         nll_rows = -jnp.sum(jnp.where(tmask > 0, tok, 0.0), -1) / jnp.maximum(
             jnp.sum(tmask, -1), 1.0
         )  # [r, n_rw]
         nll = jnp.mean(nll_rows, -1)
-        q = logp[:, n_rw, 0]
-        kl = hp.kl_factor * jnp.sum(jnp.exp(q) * (q - kl_ref), -1)
         dnorm = _norm(delta)
         wd_num = dnorm if hp.weight_decay_form == "norm" else dnorm**2
         wd = hp.weight_decay * wd_num / (h0_norm**2)
-        loss = nll + kl + wd
+        extra = {}
+        if hp.lti:  # MEMIT's KL term is dropped: the KL prompt's row of KL_last replaces it
+            if mid_above:
+                mid_logp = lti.logit_lens(model, out.residuals[hp.midlayer]).reshape(r, g, -1)
+            else:
+                mid_logp = ctx["lti_mid"]
+            last_kl, mid_kl = lti.kl_terms(logp, mid_logp, ctx["lti_ref"], ctx["target_mask"])
+            kl = hp.last_kl_factor * last_kl
+            extra["mid_kl"] = hp.mid_kl_factor * mid_kl
+            loss = hp.nll_factor * nll + kl + extra["mid_kl"] + wd
+        else:
+            q = logp[:, n_rw, 0]
+            kl = hp.kl_factor * jnp.sum(jnp.exp(q) * (q - kl_ref), -1)
+            loss = nll + kl + wd
         hit = (jnp.argmax(logits[:, :n_rw], -1) == target_ids) & (tmask > 0)
         hit_rows = hit & mpes_rows[None, :, None]
         all_correct = jnp.all(hit_rows | (tmask == 0) | ~mpes_rows[None, :, None], axis=(1, 2))
@@ -218,6 +257,7 @@ def _run(graphdef, params, ctx, state, hp: SearchConfig, z_layer: int, min_live:
             num_correct=jnp.sum(hit_rows, axis=(1, 2)).astype(jnp.int32),
             delta_norm=dnorm,
             all_correct=all_correct,
+            **extra,
         )
         return jnp.sum(loss), aux
 
@@ -305,10 +345,14 @@ def search_targets(
     hp: SearchConfig,
     z_layer: int,
     *,
+    teacher: TeacherBatch | None = None,
     min_bucket: int = COMPACT_MIN_BUCKET,
     mesh=None,
 ) -> SearchResult:
     """Runs the target search for every request of `batch` on the model `(graphdef, params)`.
+
+    With `hp.lti`, `teacher` holds LTI's teacher rows (`build_teacher_batch`, with `batch` built
+    with `kl_position="last"`); the teacher pass runs once, on `params`, before the loop.
 
     The iterations run in jitted `lax.while_loop`s; between them the live requests are compacted
     into smaller batches (see `COMPACT_MIN_BUCKET`; `min_bucket=0` keeps the full batch to the end).
@@ -322,7 +366,13 @@ def search_targets(
     n = hp.num_steps
     data = sharding.data_size(mesh)
     batch = sharding.place_rows(mesh, batch)
-    ctx, state = _prepare(graphdef, params, batch, hp, z_layer)
+    lti_ref = None
+    if hp.lti:
+        if teacher is None:
+            raise ValueError("search.lti needs the teacher rows (prompts.build_teacher_batch)")
+        teacher = sharding.place_rows(mesh, teacher)
+        lti_ref = lti.teacher_log_probs(graphdef, params, teacher, hp.midlayer)
+    ctx, state = _prepare(graphdef, params, batch, hp, z_layer, lti_ref)
     h0 = ctx["h0"]
     out_keys = ("delta", "stop_step", "prob", "loss")
     out = {k: np.zeros(np.shape(state[k]), state[k].dtype) for k in out_keys}
@@ -359,3 +409,41 @@ def search_targets(
         loss=jnp.asarray(out["loss"]),
         history={k: jnp.asarray(v) for k, v in history.items()},
     )
+
+
+def search_requests(
+    graphdef,
+    params,
+    tokenizer,
+    requests: Sequence[EditRequest],
+    templates,
+    hp: SearchConfig,
+    z_layer: int,
+    *,
+    pad_requests_to: int | None = None,
+    max_length: int | None = None,
+    mesh=None,
+) -> tuple[SearchResult, list[dict]]:
+    """Tokenizes `requests` (`build_search_batch`; with `hp.lti` also LTI's teacher rows at
+    `hp.teacher_positions`, `build_teacher_batch`) and runs `search_targets` on them. Returns the
+    result and the per-request records of `build_search_batch`."""
+    batch, infos = build_search_batch(
+        tokenizer,
+        requests,
+        templates,
+        pad_requests_to=pad_requests_to,
+        max_length=max_length,
+        kl_position="last" if hp.lti else "subject",
+    )
+    teacher = None
+    if hp.lti:
+        teacher = build_teacher_batch(
+            tokenizer,
+            requests,
+            templates,
+            batch,
+            positions=hp.teacher_positions,
+            max_length=max_length,
+        )
+    res = search_targets(graphdef, params, batch, hp, z_layer, teacher=teacher, mesh=mesh)
+    return res, infos

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from jaxedit import config, hparams
+from jaxedit.errors import InputError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAPER_MODELS = ("gpt2_xl", "llama2_7b", "llama3_8b")
@@ -249,6 +250,64 @@ VARIANTS = {
 }
 
 
+# configs/{stem}_{model}.py of the official LTI variants (hparams.LTI_VARIANTS); AlphaEdit_lti has
+# no GPT2-XL config (the official JSON cannot load), the MEMIT_lti variants have SmolLM2 ones.
+LTI_VARIANT_OF = {
+    "memit_lti": "MEMIT_lti",
+    "memit_lti_prune": "MEMIT_lti_prune",
+    "memit_lti_rect": "MEMIT_lti_rect",
+    "alphaedit_lti": "AlphaEdit_lti",
+}
+LTI_MODELS_OF = {"alphaedit_lti": ("llama2_7b", "llama3_8b")}
+NO_REGULARIZER = dict(prune=False, rect_keep_percent=0.0)
+# REGULARIZERS.md §2.5, the official hparams/MEMIT_lti/*.json and hparams/AlphaEdit_lti/*.json (the
+# _prune / _rect variants: MEMIT_lti's numbers), under jaxedit's names: clamp_norm_factor, steps,
+# v_weight_decay, nll / last_kl / mid_kl factors, midlayers[-1], λ_p, mom2_n_samples.
+LTI_SEARCH = dict(lr=0.5, lti=True, constr_pos="subject", teacher_positions="official", **NO_STOP)
+LTI_LLAMA = dict(
+    layers=LLAMA,
+    clamp_norm_factor=4.0,
+    num_steps=30,
+    weight_decay=1e-3,
+    nll_factor=0.125,
+    last_kl_factor=0.0725,
+    mid_kl_factor=0.0425,
+    midlayer=15,
+    norm_lambda=0.0,
+    **LTI_SEARCH,
+)
+LTI_MEMIT = {
+    "gpt2_xl": dict(
+        layers=GPT2_XL,
+        clamp_norm_factor=1.2,
+        num_steps=25,
+        weight_decay=0.5,
+        nll_factor=0.125,
+        last_kl_factor=0.0425,
+        mid_kl_factor=0.0525,
+        midlayer=30,
+        cov_weight=20000.0,
+        num_samples=100000,
+        norm_lambda=0.0,
+        add_prev_edits=True,
+        **LTI_SEARCH,
+    ),
+    "llama2_7b": dict(cov_weight=15000.0, num_samples=100000, add_prev_edits=True, **LTI_LLAMA),
+    "llama3_8b": dict(cov_weight=15000.0, num_samples=10000, add_prev_edits=True, **LTI_LLAMA),
+}
+LTI_OFFICIAL = {
+    **{("MEMIT_lti", m): dict(**v, **NO_REGULARIZER) for m, v in LTI_MEMIT.items()},
+    **{("MEMIT_lti_prune", m): dict(**v, **OFFICIAL_PRUNE) for m, v in LTI_MEMIT.items()},
+    **{("MEMIT_lti_rect", m): dict(**v, **OFFICIAL_RECT) for m, v in LTI_MEMIT.items()},
+    ("AlphaEdit_lti", "llama2_7b"): dict(
+        num_samples=100000, nullspace_threshold=2e-2, l2=10.0, **LTI_LLAMA, **NO_REGULARIZER
+    ),
+    ("AlphaEdit_lti", "llama3_8b"): dict(
+        num_samples=10000, nullspace_threshold=2e-2, l2=10.0, **LTI_LLAMA, **NO_REGULARIZER
+    ),
+}
+
+
 def _expected(stem: str) -> config.EditConfig | None:
     """What configs/{stem}.py must return, or None for a config outside the tables (tiny.py)."""
     for model in PAPER_MODELS:
@@ -256,6 +315,8 @@ def _expected(stem: str) -> config.EditConfig | None:
             return hparams.paper_config(METHOD_OF[stem[: -len(model) - 1]], model)
         if stem.endswith("_" + model) and stem[: -len(model) - 1] in VARIANT_OF:
             return hparams.variant_config(VARIANT_OF[stem[: -len(model) - 1]], model)
+        if stem.endswith("_" + model) and stem[: -len(model) - 1] in LTI_VARIANT_OF:
+            return hparams.lti_config(LTI_VARIANT_OF[stem[: -len(model) - 1]], model)
     if stem.endswith("_smollm2"):
         name = stem[: -len("_smollm2")]
         if name in METHOD_OF:
@@ -265,6 +326,8 @@ def _expected(stem: str) -> config.EditConfig | None:
         if name in SMOLLM2_VARIANTS:
             variant, original = SMOLLM2_VARIANTS[name]
             return hparams.smollm2_variant_config(variant, original=original)
+        if name in LTI_VARIANT_OF and name not in LTI_MODELS_OF:
+            return hparams.smollm2_lti_config(LTI_VARIANT_OF[name])
     return None
 
 
@@ -282,6 +345,13 @@ def test_every_config_is_covered():
     stems = {p.stem for p in CONFIG_FILES}
     assert {f"{m}_{model}" for m in METHOD_OF for model in PAPER_MODELS} <= stems
     assert {f"{v}_{model}" for v in VARIANT_OF for model in PAPER_MODELS} <= stems
+    lti = {
+        f"{v}_{model}"
+        for v in LTI_VARIANT_OF
+        for model in LTI_MODELS_OF.get(v, (*PAPER_MODELS, "smollm2"))
+    }
+    assert lti <= stems, lti - stems
+    assert "alphaedit_lti_gpt2_xl" not in stems
     uncovered = {s for s in stems if _expected(s) is None}
     assert uncovered == {"tiny"}, uncovered
 
@@ -322,6 +392,38 @@ def test_variant_config_matches_the_official_hparams(variant, model):
     # Everything else is sequential MEMIT's published setting.
     base = {k: v for k, v in PAPER["MEMIT_seq", model].items() if k != "mpes_patience"}
     assert {name: _field(cfg, name) for name in base} == base
+
+
+@pytest.mark.parametrize("variant,model", sorted(LTI_OFFICIAL), ids=lambda x: x)
+def test_lti_config_matches_the_official_hparams(variant, model):
+    cfg = hparams.lti_config(variant, model)
+    cfg.validate(num_layers=NUM_LAYERS[model])
+    assert cfg.method == ("AlphaEdit" if variant == "AlphaEdit_lti" else "MEMIT_seq")
+    got = {name: _field(cfg, name) for name in LTI_OFFICIAL[variant, model]}
+    assert got == LTI_OFFICIAL[variant, model]
+
+
+def test_alphaedit_lti_has_no_gpt2_xl_setting():
+    with pytest.raises(InputError, match="AlphaEdit_lti has no GPT2-XL setting"):
+        hparams.lti_config("AlphaEdit_lti", "gpt2_xl")
+
+
+def test_smollm2_lti_is_memit_with_the_llama3_lti_search_at_block_14():
+    memit = hparams.smollm2_config("MEMIT_seq")
+    want_search = {**LTI_LLAMA, "midlayer": 14}
+    for variant, reg in (
+        ("MEMIT_lti", NO_REGULARIZER),
+        ("MEMIT_lti_prune", OFFICIAL_PRUNE),
+        ("MEMIT_lti_rect", OFFICIAL_RECT),
+    ):
+        cfg = hparams.smollm2_lti_config(variant)
+        cfg.validate(num_layers=NUM_LAYERS["smollm2"])
+        want = {k: v for k, v in want_search.items() if k != "layers"} | reg
+        assert {name: _field(cfg, name) for name in want} == want, variant
+        # The solve, statistics, layers and templates are the tuned SmolLM2 MEMIT's.
+        got = config.to_dict(cfg)
+        for section in ("solve", "stats", "layers", "templates", "method", "model"):
+            assert got[section] == config.to_dict(memit)[section], (variant, section)
 
 
 def test_smollm2_variants_are_memit_mpes_plus_the_regularizer():

@@ -289,7 +289,7 @@ def test_given_targets_skip_the_search(encore, monkeypatch):
     def no_search(*args, **kwargs):
         raise AssertionError("the search ran although targets were given")
 
-    monkeypatch.setattr(editor, "search_targets", no_search)
+    monkeypatch.setattr(editor, "search_requests", no_search)
     state, report = ed.apply(s0, list(BATCHES[0]), targets=reports[0].targets)
     assert np.isnan(report.stop_steps).all()
     for l in LAYERS:

@@ -1,0 +1,10 @@
+"""MEMIT_lti_rect on GPT2-XL, the official repository's setting: MEMIT_lti (LTI's search, no
+MPES) + RECT keeping 40 % of each update by relative change (REGULARIZERS.md §1.3, §4.2; table in
+jaxedit/hparams.py).
+"""
+
+from jaxedit import hparams
+
+
+def get_config():
+    return hparams.lti_config("MEMIT_lti_rect", "gpt2_xl")

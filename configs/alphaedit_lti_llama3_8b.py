@@ -1,5 +1,5 @@
 """AlphaEdit_lti on Llama-3-8B, the official repository's setting: AlphaEdit's null-space update
-with LTI's search (prob_cutoff 0: no MPES; REGULARIZERS.md §2.5; table in jaxedit/hparams.py).
+with LTI's search (prob_cutoff 0: no MPES; WORKSPACE.md; table in jaxedit/hparams.py).
 There is no GPT2-XL setting: the official JSON is a copy of AlphaEdit's and cannot load.
 """
 

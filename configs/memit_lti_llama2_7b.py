@@ -1,5 +1,5 @@
 """MEMIT_lti on Llama-2-7B, the official repository's setting: sequential MEMIT with LTI's search
-(in-context teacher, last-layer and mid-layer KL, no MPES; REGULARIZERS.md §2.5; table in
+(in-context teacher, last-layer and mid-layer KL, no MPES; WORKSPACE.md; table in
 jaxedit/hparams.py). Teacher positions: "official" (the repository's); override with
 --config.search.teacher_positions=aligned.
 """

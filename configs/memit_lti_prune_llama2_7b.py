@@ -1,5 +1,5 @@
 """MEMIT_lti_prune on Llama-2-7B, the official repository's setting: MEMIT_lti (LTI's search, no
-MPES) + PRUNE after the last batch as the repository runs it (REGULARIZERS.md §1.3, §3.2; table in
+MPES) + PRUNE after the last batch as the repository runs it (WORKSPACE.md; table in
 jaxedit/hparams.py).
 """
 

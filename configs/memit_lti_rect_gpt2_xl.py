@@ -1,5 +1,5 @@
 """MEMIT_lti_rect on GPT2-XL, the official repository's setting: MEMIT_lti (LTI's search, no
-MPES) + RECT keeping 40 % of each update by relative change (REGULARIZERS.md §1.3, §4.2; table in
+MPES) + RECT keeping 40 % of each update by relative change (WORKSPACE.md; table in
 jaxedit/hparams.py).
 """
 

@@ -1,5 +1,5 @@
 """MEMIT_prune on GPT2-XL, the official repository's setting: sequential MEMIT with the paper's
-hyperparameters, MPES off, PRUNE after the last batch (REGULARIZERS.md §1.3, §5.2; table in
+hyperparameters, MPES off, PRUNE after the last batch (WORKSPACE.md; table in
 jaxedit/hparams.py).
 """
 

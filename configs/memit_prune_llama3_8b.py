@@ -1,5 +1,5 @@
 """MEMIT_prune on Llama-3-8B, the official repository's setting: sequential MEMIT with the paper's
-hyperparameters, MPES patience 1, PRUNE after the last batch (REGULARIZERS.md §1.3, §5.2; table in
+hyperparameters, MPES patience 1, PRUNE after the last batch (WORKSPACE.md; table in
 jaxedit/hparams.py).
 """
 

@@ -1,5 +1,5 @@
 """MEMIT_prune on SmolLM2-135M with the original PRUNE (Ma et al.): after the last batch, the total
-update W - W0 restrained against W0 (log base 1.2), replacing it (REGULARIZERS.md §3.3).
+update W - W0 restrained against W0 (log base 1.2), replacing it (WORKSPACE.md).
 """
 
 from jaxedit import hparams

@@ -1,6 +1,6 @@
 """MEMIT_rect on GPT2-XL, the official repository's setting: sequential MEMIT with the paper's
 hyperparameters, MPES patience 2, RECT (keep 40 %) at every batch
-(REGULARIZERS.md §1.3, §5.2; table in jaxedit/hparams.py).
+(WORKSPACE.md; table in jaxedit/hparams.py).
 """
 
 from jaxedit import hparams

@@ -300,14 +300,13 @@ def data_root() -> Path:
 
 
 def default_label(cfg: config_lib.EditConfig) -> str:
-    if cfg.method == "ENCORE":
-        return "ENCORE"
+    encore = cfg.method == "ENCORE"  # MPES and the norm constraint are part of its name
     name = "MEMIT" if cfg.method == "MEMIT_seq" else cfg.method
-    if cfg.search.mpes_patience:
+    if cfg.search.mpes_patience and not encore:
         name += "+MPES"
     if cfg.search.lti:
         name += "+LTI" if cfg.search.teacher_positions == "official" else "+LTI(aligned)"
-    if cfg.solve.norm_lambda:
+    if cfg.solve.norm_lambda and not encore:
         name += "+norm"
     if cfg.regularize.rect:
         name += "+RECT"

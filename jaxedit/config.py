@@ -76,7 +76,7 @@ class SearchConfig:
         changes results only by float rounding; it bounds the search's memory, which grows with
         the requests searched together (`experiments/memory_plan.py`). 0 = the whole batch.
 
-    LTI ("learn the inference", REGULARIZERS.md §2; `jaxedit.lti`), off by default:
+    LTI ("learn the inference", WORKSPACE.md; `jaxedit.lti`), off by default:
       lti: on/off. On: the loss is nll_factor·NLL + last_kl_factor·KL_last + mid_kl_factor·KL_mid
         + the weight decay, with KL(student ‖ teacher) against an in-context teacher ("Imagine
         that {prompt} {target}\n" before every rewriting prompt, the current model, no δ);
@@ -90,7 +90,7 @@ class SearchConfig:
       constr_pos: where KL_mid compares: only "subject" (the official "last" and "all" crash in
         the official teacher and are refused).
       teacher_positions: "official" reads the teacher at the positions of the unprefixed prompts
-        (the repository's misalignment, REGULARIZERS.md §2.6.1); "aligned" at the positions
+        (the repository's misalignment, WORKSPACE.md); "aligned" at the positions
         recomputed on the prefixed prompts.
     """
 
@@ -154,8 +154,8 @@ class SearchConfig:
         if self.constr_pos in ("last", "all"):
             raise ConfigValueError(
                 f"search.constr_pos={self.constr_pos!r}: not supported; the official teacher "
-                "slices these positions with a negated start and crashes (REGULARIZERS.md "
-                "§2.6.2) (fix: set search.constr_pos='subject', what every official config uses)"
+                "slices these positions with a negated start and crashes (fix: set "
+                "search.constr_pos='subject', what every official config uses)"
             )
         if self.constr_pos != "subject":
             raise ConfigValueError(
@@ -241,7 +241,7 @@ class StatsConfig:
 @dataclasses.dataclass(unsafe_hash=True)
 class RegularizeConfig:
     """RECT and PRUNE, the published alternatives to the norm constraint (`jaxedit.regularize`,
-    REGULARIZERS.md §3-§5). Everything is off by default.
+    WORKSPACE.md). Everything is off by default.
 
     Attributes:
       rect_keep_percent: RECT: keep this share (%) of each batch's ΔW entries, by |ΔW / (W + ε)|

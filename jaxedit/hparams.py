@@ -42,7 +42,7 @@ EMMET: dict[str, tuple[tuple[int, ...], float, float, int]] = {
 }
 
 
-# The official repository's regularized MEMIT variants (REGULARIZERS.md §1.3, §5.2;
+# The official repository's regularized MEMIT variants (WORKSPACE.md;
 # hparams/MEMIT_prune, hparams/MEMIT_rect): MEMIT_seq's numbers, the driver's regularizer, and
 # prob_cutoff = -k -> MPES patience k per model (0 = off). MEMIT_prune's Llama-3 JSON (-1) is from
 # the repository's later commit 6e3ba9a.
@@ -84,7 +84,7 @@ def variant_config(variant: str, model: str) -> EditConfig:
     return cfg
 
 
-# The official repository's LTI settings (REGULARIZERS.md §2.5; hparams/MEMIT_lti/*.json,
+# The official repository's LTI settings (WORKSPACE.md; hparams/MEMIT_lti/*.json,
 # hparams/AlphaEdit_lti/*.json; MEMIT_lti_prune / MEMIT_lti_rect are MEMIT_lti's numbers):
 # model -> (clamp_norm_factor, v_num_grad_steps, v_weight_decay, last_kl_factor, mid_kl_factor,
 # midlayers[-1]); v_lr 0.5 and nll_factor 0.125 everywhere, constr_pos "subject", no MPES
@@ -128,7 +128,7 @@ def lti_config(variant: str, model: str) -> EditConfig:
     if variant == "AlphaEdit_lti" and model == "gpt2_xl":
         raise InputError(
             "AlphaEdit_lti has no GPT2-XL setting: hparams/AlphaEdit_lti/gpt2-xl.json is a copy "
-            "of AlphaEdit's without the LTI fields (REGULARIZERS.md §1.3) (fix: llama2_7b or "
+            "of AlphaEdit's without the LTI fields (WORKSPACE.md) (fix: llama2_7b or "
             "llama3_8b)"
         )
     reg, method = LTI_VARIANTS[variant]

@@ -1,4 +1,4 @@
-"""LTI ("learn the inference", REGULARIZERS.md §2) inside the target search: the in-context teacher
+"""LTI ("learn the inference", WORKSPACE.md) inside the target search: the in-context teacher
 and the two KL terms of its loss.
 
 The teacher is the current (already edited) model, run once per request batch before the search

@@ -9,7 +9,7 @@ the requests' checks.
   (`build_key_batch`: context templates × prompt, no target, §1.3), right-padded to bucketed shapes
   (`jaxedit.shapes`) as numpy arrays in the dataclasses the jitted code takes;
 * LTI's teacher rows (`build_teacher_batch`: "Imagine that {prompt} {target}\n" before every
-  rewriting prompt, the KL prompt as it is; REGULARIZERS.md §2.2) and where the teacher is read.
+  rewriting prompt, the KL prompt as it is; WORKSPACE.md) and where the teacher is read.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def build_search_batch(
     """Tokenizes the rewriting and KL prompts of every request (host side, numpy).
 
     `kl_position`: where the KL prompt's logits are read: "subject" (its subject's last token,
-    MEMIT's KL term) or "last" (its last token, LTI's KL row; REGULARIZERS.md §2.1).
+    MEMIT's KL term) or "last" (its last token, LTI's KL row; WORKSPACE.md).
 
     Returns the batch and, per request, a record of the prompts, lookup indices and target ids (for
     run logs and fixture comparisons).
@@ -234,7 +234,7 @@ class SearchBatch:
 
 
 # --------------------------------------------------------------------------------------------------
-# LTI's teacher rows (REGULARIZERS.md §2.2)
+# LTI's teacher rows (WORKSPACE.md)
 
 
 def lti_prefix(request: EditRequest) -> str:
@@ -277,7 +277,7 @@ def build_teacher_batch(
     """Tokenizes LTI's teacher rows for the requests of `batch` (built with `kl_position="last"`).
 
     `positions="official"` reads the teacher at `batch`'s positions, those of the *unprefixed*
-    prompts, as the official code does (REGULARIZERS.md §2.6.1: every rewriting row is read too
+    prompts, as the official code does (WORKSPACE.md: every rewriting row is read too
     early; only the KL row, unprefixed on both sides, is aligned). `"aligned"` recomputes them on
     the prefixed tokenization: the target positions counted back from each prefixed row's length,
     the subject's last token from the tokens of prefix + template head + subject (no constant

@@ -57,10 +57,11 @@ random_vector_preservation use_gd grad_desc_lr grad_desc_steps gd_lambda spectra
 condition_num algo_name dataset sequential model_name stats_dir alg_name sentence_model_name top_k
 """.split()
 )
-# The official LTI hparams (MEMITLTIHyperParams, REGULARIZERS.md §1.3, §2.5): any of these fields
-# marks an LTI JSON (`search.lti` on). `midlayers` is a list; only its last block in forward order
-# is used (§2.4). Required fields of the official class must be present; the others default as the
-# class (nll_factor) or REGULARIZERS.md §1.3 (update_norm_lambda, calculate_norms) says, reported.
+# The official LTI hparams (MEMITLTIHyperParams; WORKSPACE.md, "LTI in the search"): any of these
+# fields marks an LTI JSON (`search.lti` on). `midlayers` is a list; only its last block in forward
+# order is used (each hook call overwrites the stored vector). Required fields of the official class
+# must be present; the others default to the class's value (nll_factor) or to what its committed
+# configs imply (update_norm_lambda 0, calculate_norms false), and the defaulting is reported.
 LTI_REFERENCE_NAMES = frozenset(
     ("nll_factor", "last_kl_factor", "mid_kl_factor", "midlayers", "constr_pos")
 )
@@ -137,6 +138,8 @@ def _import_lti(hp: dict, cfg: EditConfig, source) -> None:
         raise ConfigValueError(f"{name}: midlayers={layers!r}: expected a non-empty list of ints")
     cfg.search.lti = True
     cfg.search.midlayer = max(layers)  # each hook call overwrites: the last in forward order
+    if "kl_factor" not in hp:  # LTI has no separate KL term (its KL prompt row replaces it)
+        cfg.search.kl_factor = 0.0
     defaulted = {k: v for k, v in LTI_DEFAULTS.items() if k not in hp}
     if "nll_factor" in defaulted:
         cfg.search.nll_factor = float(defaulted["nll_factor"])
@@ -144,8 +147,8 @@ def _import_lti(hp: dict, cfg: EditConfig, source) -> None:
         cfg.solve.norm_lambda = float(defaulted["update_norm_lambda"])
     if defaulted:
         log.warning(
-            "%s: fields missing, defaulted (REGULARIZERS.md §1.3; the official class cannot load "
-            "it as committed): %s",
+            "%s: fields missing, defaulted (the official LTI hparams class requires them, its "
+            "committed JSONs lack them): %s",
             name,
             ", ".join(f"{k}={json.dumps(v)}" for k, v in defaulted.items()),
         )

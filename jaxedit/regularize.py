@@ -1,4 +1,4 @@
-"""The published alternatives to ENCORE's norm constraint: RECT and PRUNE (REGULARIZERS.md §3, §4).
+"""The published alternatives to ENCORE's norm constraint: RECT and PRUNE (WORKSPACE.md).
 
 RECT (Gu et al. 2024, as the ENCORE repository runs it) keeps only the entries of a batch's update
 that change their weight the most, relative to the weight:

@@ -238,7 +238,7 @@ OFFICIAL_PRUNE = dict(
 )
 OFFICIAL_RECT = dict(prune=False, rect_keep_percent=40.0)
 # (variant, model) -> the fields of hparams/MEMIT_prune/*.json, hparams/MEMIT_rect/*.json (the
-# MEMIT_seq numbers; prob_cutoff -> mpes_patience; REGULARIZERS.md §1.3) and the driver's
+# MEMIT_seq numbers; prob_cutoff -> mpes_patience; WORKSPACE.md) and the driver's
 # regularizer.
 VARIANTS = {
     ("MEMIT_prune", "gpt2_xl"): dict(mpes_patience=0, **OFFICIAL_PRUNE),
@@ -260,7 +260,7 @@ LTI_VARIANT_OF = {
 }
 LTI_MODELS_OF = {"alphaedit_lti": ("llama2_7b", "llama3_8b")}
 NO_REGULARIZER = dict(prune=False, rect_keep_percent=0.0)
-# REGULARIZERS.md §2.5, the official hparams/MEMIT_lti/*.json and hparams/AlphaEdit_lti/*.json (the
+# WORKSPACE.md, the official hparams/MEMIT_lti/*.json and hparams/AlphaEdit_lti/*.json (the
 # _prune / _rect variants: MEMIT_lti's numbers), under jaxedit's names: clamp_norm_factor, steps,
 # v_weight_decay, nll / last_kl / mid_kl factors, midlayers[-1], λ_p, mom2_n_samples.
 LTI_SEARCH = dict(lr=0.5, lti=True, constr_pos="subject", teacher_positions="official", **NO_STOP)

@@ -303,3 +303,56 @@ def test_protocol_resumes_without_losing_or_repeating_edits(setup):
     rows = read("full", "downstream.jsonl")
     assert [d["num_edits"] for d in rows] == [0, 2, 3] and all("cola" in d["tasks"] for d in rows)
     assert _strip_times(rows)[1]["tasks"]["sst2"] == _strip_times(down)[1]["tasks"]["sst2"]
+
+
+@pytest.mark.slow  # two small edit.py batches with the teacher pass (≈ 30 s on 2 cores)
+def test_official_lti_json_templates_and_dumps(setup):
+    """The check issue 14 asks for outside the repository, on the tiny model: an official-style
+    MEMIT_lti hparams JSON (missing update_norm_lambda / calculate_norms, defaulted and reported),
+    fixed templates and --dump_dir give an LTI run whose dumps hold the targets and stop steps."""
+    root = setup
+    hp = {
+        "layers": [1, 2],
+        "clamp_norm_factor": 4,
+        "layer_selection": "all",
+        "fact_token": "subject_last",
+        "v_num_grad_steps": 6,
+        "v_lr": 0.5,
+        "v_loss_layer": 3,
+        "v_weight_decay": 1e-3,
+        "mid_kl_factor": 0.0425,
+        "last_kl_factor": 0.0725,
+        "nll_factor": 0.125,
+        "mom2_adjustment": True,
+        "mom2_update_weight": 15000,
+        "mom2_dataset": "wikipedia",
+        "mom2_n_samples": 100,
+        "mom2_dtype": "float32",
+        "midlayers": [3],
+        "constr_pos": "subject",
+        "add_prev_edits": True,
+    }
+    (root / "memit_lti.json").write_text(json.dumps(hp))
+    (root / "templates.json").write_text(json.dumps([["{}"], ["The news says. {}"]]))
+    out = _run(
+        root,
+        f"--requests={root / 'requests.json'}",
+        "--batch_size=2",
+        "--evaluate=false",
+        f"--hparams_json={root / 'memit_lti.json'}",
+        "--method=MEMIT_seq",
+        f"--templates={root / 'templates.json'}",
+        f"--workdir={root / 'lti'}",
+        f"--dump_dir={root / 'lti_dump'}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "update_norm_lambda" in out.stderr  # the defaulting is reported
+    run = json.loads((root / "lti" / "run.json").read_text())
+    search = run["config"]["search"]
+    assert search["lti"] is True and search["midlayer"] == 3 and search["num_steps"] == 6
+    assert search["teacher_positions"] == "official" and search["kl_factor"] == 0.0
+    assert run["label"] == "MEMIT+LTI"
+    assert run["config"]["templates"] == [["{}"], ["The news says. {}"]]
+    dump = np.load(root / "lti_dump" / "batch_000.npz")
+    assert dump["targets"].shape == (2, 30) and dump["stop_steps"].shape == (2,)
+    assert (dump["stop_steps"] <= 6).all()

@@ -1,4 +1,4 @@
-"""LTI in the target search (REGULARIZERS.md §2) on tiny random models with the GPT-2 tokenizer.
+"""LTI in the target search (WORKSPACE.md) on tiny random models with the GPT-2 tokenizer.
 
 The loss reduces to MEMIT's without its KL term when the LTI weights are zero; the teacher rows sit
 at the stated positions in each mode (checked against plain full forwards of the prefixed texts,
@@ -328,7 +328,7 @@ def test_lti_search_without_teacher_rows_is_refused(lm):
         search.search_targets(lm.graphdef, lm.params, batch, LTI, Z_LAYER)
 
 
-# The official hparams/MEMIT_lti/llama3-8b.json's fields (REGULARIZERS.md §2.5, §1.3).
+# The official hparams/MEMIT_lti/llama3-8b.json's fields (WORKSPACE.md).
 MEMIT_LTI_LLAMA3 = {
     "layers": [4, 5, 6, 7, 8],
     "clamp_norm_factor": 4,

@@ -1,4 +1,4 @@
-"""RECT and PRUNE (jaxedit.regularize, REGULARIZERS.md §3.4, §4.5): the pure functions, the editor
+"""RECT and PRUNE (jaxedit.regularize, WORKSPACE.md): the pure functions, the editor
 (insertion-time mask, journal, rollback, failure atomicity), the configs, and PRUNE at the end of an
 `experiments/edit.py` run (resume-safe)."""
 

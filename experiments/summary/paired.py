@@ -255,9 +255,13 @@ def statement(table: Table | None) -> str:
     for comp in comparisons:
         rows = [r for r in table.rows if r["comparison"] == comp]
         last = max(r["num_edits"] for r in rows)
-        at = [r for r in rows if r["num_edits"] == last]
-        sig = [f"{r['measure']} ({_signed(r)})" for r in at if r["significant"]]
-        not_sig = [f"{r['measure']} ({_signed(r)})" for r in at if not r["significant"]]
+        at: dict[str, dict] = {}  # each measure at its own last point (an unfinished run's
+        for r in rows:  # measures end at different points)
+            if r["measure"] not in at or r["num_edits"] > at[r["measure"]]["num_edits"]:
+                at[r["measure"]] = r
+
+        sig = [_shown(r, last) for r in at.values() if r["significant"]]
+        not_sig = [_shown(r, last) for r in at.values() if not r["significant"]]
         lines.append(
             f"- **{comp}** at {last} edits — significant: "
             + ("; ".join(sig) if sig else "none")
@@ -267,6 +271,11 @@ def statement(table: Table | None) -> str:
         )
     lines.append("")
     return "\n".join(lines)
+
+
+def _shown(row: dict, last: int) -> str:
+    where = "" if row["num_edits"] == last else f", at {row['num_edits']} edits"
+    return f"{row['measure']} ({_signed(row)}{where})"
 
 
 def _signed(row: dict) -> str:

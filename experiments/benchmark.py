@@ -58,8 +58,9 @@ __doc__ = console.help_sections(
     footer="""
 --out gets one JSON object, rewritten after every row: "rows" (per method and batch size: row,
 batch_size, num_edits, s_per_edit, search, update, their steady_* values without the first batch,
-steps, prob and, with --evaluate, the ES/PS/NS scores), "reference" (the reference's figures),
-"stats_time_s", "device", "cpu_count". The table is printed to stdout as it fills.""",
+teacher (LTI's teacher pass, part of search; steady_teacher), steps, prob and, with --evaluate,
+the ES/PS/NS scores), "reference" (the reference's figures), "stats_time_s", "device",
+"cpu_count". The table is printed to stdout as it fills.""",
 )
 
 # The reference's figures (shared/BENCHMARKS.md; batches of 10, 100 edits, 2 CPU cores).
@@ -79,8 +80,18 @@ REFERENCE = {
 }
 
 
+# Rows with no reference figure: LTI's search (the official Llama-3-8B MEMIT_lti setting, 30 steps,
+# no MPES) with the teacher read at the official (misaligned) or the aligned positions.
+EXTRA_ROWS = ("MEMIT_seq", "EMMET", "MEMIT+LTI", "MEMIT+LTI:aligned")
+
+
 def config_for(row: str):
-    """The reference rows: ENC's MEMIT (sequential), MEMIT + MPES(-2), ENCORE, AlphaEdit."""
+    """The reference rows: ENC's MEMIT (sequential), MEMIT + MPES(-2), ENCORE, AlphaEdit; and
+    MEMIT + LTI in either teacher mode."""
+    if row.startswith("MEMIT+LTI"):
+        cfg = hparams.lti_config("MEMIT_lti", "llama3_8b")
+        cfg.search.teacher_positions = "aligned" if row.endswith(":aligned") else "official"
+        return cfg
     if row == "MEMIT":
         return hparams.paper_config("MEMIT_seq", "llama3_8b")
     if row == "MEMIT+MPES":
@@ -104,6 +115,7 @@ def run_one(model, row, batch_size, reqs, templates, layer_stats) -> dict:
                 n=len(batch),
                 search=rep.search_time,
                 update=rep.update_time,
+                teacher=rep.teacher_time,
                 steps=rep.stop_steps.tolist(),
                 prob=rep.target_prob.tolist(),
             )
@@ -131,6 +143,8 @@ def run_one(model, row, batch_size, reqs, templates, layer_stats) -> dict:
         steady_s_per_edit=per_edit(steady, "search") + per_edit(steady, "update"),
         steady_search=per_edit(steady, "search"),
         steady_update=per_edit(steady, "update"),
+        teacher=per_edit(per_batch, "teacher"),
+        steady_teacher=per_edit(steady, "teacher"),
         steps=float(np.mean([s for b in per_batch for s in b["steps"]])),
         prob=float(np.mean([p for b in per_batch for p in b["prob"]])),
     )
@@ -141,7 +155,7 @@ def run_one(model, row, batch_size, reqs, templates, layer_stats) -> dict:
 
 def check_inputs():
     """Flags and files, before the model is fetched and loaded: (requests, templates, corpus)."""
-    rows = [*REFERENCE, "MEMIT_seq", "EMMET"]
+    rows = [*REFERENCE, *EXTRA_ROWS]
     for row in FLAGS.methods:
         if row not in rows:
             raise cli.UserError(
@@ -199,8 +213,8 @@ def main(argv):
         "cpu_count": os.cpu_count(),
     }
     header = (
-        f"{'row':<11} {'bs':>4} {'edits':>5} {'s/edit':>7} {'search':>7} {'update':>7} "
-        f"{'steady':>7} "
+        f"{'row':<17} {'bs':>4} {'edits':>5} {'s/edit':>7} {'search':>7} {'update':>7} "
+        f"{'steady':>7} {'teacher':>7} "
         f"{'steps':>6} {'prob':>6} {'ES':>5} {'PS':>5} {'NS':>5} | ref s/edit steps ES"
     )
     print(header)
@@ -211,9 +225,10 @@ def main(argv):
             results["rows"].append(r)
             ref = REFERENCE.get(row, {})
             print(
-                f"{row:<11} {bs:>4} {n:>5} {r['s_per_edit']:7.2f} {r['search']:7.2f} "
+                f"{row:<17} {bs:>4} {n:>5} {r['s_per_edit']:7.2f} {r['search']:7.2f} "
                 f"{r['update']:7.2f} "
-                f"{r['steady_s_per_edit']:7.2f} {r['steps']:6.1f} {r['prob']:6.3f} "
+                f"{r['steady_s_per_edit']:7.2f} {r['steady_teacher']:7.3f} {r['steps']:6.1f} "
+                f"{r['prob']:6.3f} "
                 f"{r.get('ES', float('nan')):5.0f} {r.get('PS', float('nan')):5.0f} "
                 f"{r.get('NS', float('nan')):5.0f} | {ref.get('s_per_edit', float('nan')):6.2f} "
                 f"{ref.get('steps', float('nan')):5.1f} {ref.get('ES', float('nan')):3}",

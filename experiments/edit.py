@@ -222,6 +222,19 @@ flags.DEFINE_string(
     None,
     "Reuse the baseline.json of another run on the same model, data and evaluation settings.",
 )
+flags.DEFINE_string(
+    "fork_from",
+    None,
+    "Start this new run from another run directory's checkpoint after --fork_at batches, with "
+    "its results up to there copied: the two runs must agree on everything that acts before "
+    "that point (e.g. a PRUNE-at-end variant of a run, forked before its last batch).",
+)
+flags.DEFINE_integer(
+    "fork_at",
+    None,
+    "Batches of --fork_from to start from (default: the newest step its checkpoint holds at "
+    "which the two runs still agree).",
+)
 flags.DEFINE_bool(
     "evaluate_snapshots",
     False,
@@ -269,7 +282,16 @@ __doc__ = console.help_sections(
         ),
         (
             "run directory and outputs",
-            ["workdir", "overwrite", "max_batches", "evaluate_snapshots", "dump_dir", "export_dir"],
+            [
+                "workdir",
+                "overwrite",
+                "max_batches",
+                "fork_from",
+                "fork_at",
+                "evaluate_snapshots",
+                "dump_dir",
+                "export_dir",
+            ],
         ),
         ("console", ["verbose"]),
     ],
@@ -349,6 +371,10 @@ def check_flags() -> None:
         raise cli.UserError(
             f"--stats_npz={FLAGS.stats_npz}: no such directory (fix: pass the folder of MEMIT's "
             "statistics files, or drop the flag)"
+        )
+    if FLAGS.fork_at is not None and not FLAGS.fork_from:
+        raise cli.UserError(
+            "--fork_at needs --fork_from (fix: pass the run directory to fork from, or drop it)"
         )
     if FLAGS.generation_pool and not Path(FLAGS.generation_pool).is_file():
         raise cli.UserError(
@@ -493,7 +519,7 @@ def read_run_dir(workdir: Path) -> dict:
             raise cli.UserError(
                 f"checkpoint step {folder / str(step)} is not a run checkpoint (fix: {fix})"
             )
-        out["checkpoint"] = ("orbax", folder)
+        out["checkpoint"] = ("orbax", folder, None)
     elif path.exists():
         fix = f"delete it to redo this run's batches from the first one, {discard}"
         arrays = files.read_npz(path, "checkpoint", fix)
@@ -1057,8 +1083,13 @@ def prepare(workdir: Path):
     )
     run["stats_time_s"] = time.perf_counter() - t0
     ed = editor.Editor(model, cfg, layer_stats, cfg.templates, max_journal=1)
+    if FLAGS.fork_from and prior["run"] is None:
+        prior.update(fork_source(workdir, run, ev.settings(), len(reqs)))
+        run["forked_from"] = prior["fork"]["record"]
+    elif prior["run"] is not None and "forked_from" in prior["run"]:
+        run["forked_from"] = prior["run"]["forked_from"]  # kept when the fork is resumed
     if prior["checkpoint"] is not None:
-        kind, found = prior["checkpoint"]
+        kind, found, *step = prior["checkpoint"]
         if kind == "npz":
             arrays = dict(found)
             done = int(arrays.pop("batches_done"))
@@ -1066,7 +1097,7 @@ def prepare(workdir: Path):
             # Restored like the editor's own arrays (their shardings and dtypes: no gather).
             template = ed.state_arrays(ed.init_state(), host=False)
             fix = "delete that step folder to resume from the one before, or --overwrite"
-            res = checkpoint.restore(found, template, fix=fix)
+            res = checkpoint.restore(found, template, fix=fix, step=step[0])
             if res is None:  # removed since `read_run_dir`
                 raise cli.UserError(f"checkpoint {found} vanished (fix: rerun)")
             done, arrays, prior["resume_meta"] = res
@@ -1113,6 +1144,8 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
         shutil.rmtree(workdir / "snapshots", ignore_errors=True)
         shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
+    if prior.get("fork"):
+        copy_fork(workdir, prior["fork"])
     write_json(workdir / "run.json", run)  # identity checked above; evaluation settings may change
 
     if FLAGS.evaluate_snapshots:
@@ -1259,6 +1292,7 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
     final = {
         "num_edits": state.num_edits,
         "label": run["label"],
+        **({"forked_from": run["forked_from"]} if "forked_from" in run else {}),
         "time_per_edit_s": float(np.mean([l["time_per_edit_s"] for l in steady])),
         "search_time_per_edit_s": float(
             np.mean([l["search_time_s"] / len(l["case_ids"]) for l in steady])
@@ -1267,6 +1301,10 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
             np.mean([l["update_time_s"] / len(l["case_ids"]) for l in steady])
         ),
         "first_batch_time_per_edit_s": lines[0]["time_per_edit_s"],
+        # LTI's teacher pass (part of the search time; 0 without LTI)
+        "teacher_time_per_edit_s": float(
+            np.mean([l.get("teacher_time_s", 0.0) / len(l["case_ids"]) for l in steady])
+        ),
         "mean_steps": float(np.mean([s for l in lines for s in l["stop_steps"]])),
         "mean_target_prob": float(np.mean([p for l in lines for p in l["target_prob"]])),
     }
@@ -1327,6 +1365,96 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
 
 
 # --------------------------------------------------------------------------------------------------
+# A fork (--fork_from): a new run that starts from another run's checkpoint after K batches, with
+# that run's results up to there (baseline, the lines of batches < K, snapshots) copied into its
+# own directory, and the checkpoint step K too, so that from then on it is an ordinary run that
+# resumes from its own files. It is refused unless the two runs would have computed the same first
+# K batches: the same model, data, batches and evaluation settings, and configs that differ at most
+# in PRUNE applied at the end (it acts after the last batch only, so K must be before it).
+FORK_ROWS = ("batches.jsonl", "downstream.jsonl", "activation.jsonl", "heldout.jsonl")
+
+
+def _config_key(cfg: dict, drop=()) -> str:
+    search = {k: v for k, v in cfg.get("search", {}).items() if k != "max_requests"}
+    reg = {k: v for k, v in cfg.get("regularize", {}).items() if k not in drop}
+    return json.dumps({**cfg, "search": search, "regularize": reg}, default=str, sort_keys=True)
+
+
+def fork_source(workdir: Path, run: dict, settings: dict, n: int) -> dict:
+    """The checks of --fork_from/--fork_at (nothing is written): {"checkpoint": the parent's step,
+    "baseline": its baseline, "fork": what `copy_fork` copies and run.json records}."""
+    parent = Path(FLAGS.fork_from)
+    flag = f"--fork_from={parent}"
+    if parent.resolve() == workdir.resolve():
+        raise cli.UserError(f"{flag} is --workdir itself (fix: fork into a new --workdir)")
+    old = files.read_json(parent / "run.json", "run file of --fork_from", "pass a run directory")
+    if not isinstance(old, dict) or "config" not in old:
+        raise cli.UserError(
+            f"{flag} holds no run (fix: pass a run directory of experiments/edit.py)"
+        )
+    base = None
+    if (parent / "baseline.json").exists():
+        base = files.read_json(parent / "baseline.json", "baseline of --fork_from", "restore it")
+    diff = [k for k in IDENTITY if k != "config" and json.dumps(old.get(k)) != json.dumps(run[k])]
+    if json.dumps(old.get("evaluation"), sort_keys=True) != json.dumps(settings, sort_keys=True):
+        diff.append("evaluation settings")
+    mine, theirs = run["config"], old["config"]
+    prune = [k for k in mine.get("regularize", {}) if k.startswith("prune")]
+    same = _config_key(mine) == _config_key(theirs)
+    if not same and _config_key(mine, prune) != _config_key(theirs, prune):
+        diff.append("config (beyond PRUNE at the end)")
+    at_end = [
+        not c["regularize"].get("prune") or c["regularize"].get("prune_when") == "end"
+        for c in (mine, theirs)
+    ]
+    if not same and not all(at_end):
+        diff.append("config (PRUNE after every batch acts from the first batch)")
+    if diff:
+        raise cli.UserError(
+            f"{flag}: that run differs from this one in {', '.join(diff)}, so its first batches "
+            "are not this run's (fix: fork from a run with the same model, data, batches, "
+            "evaluation flags and config, or drop --fork_from)"
+        )
+    num_batches = -(-n // FLAGS.batch_size)
+    limit = num_batches if same else num_batches - 1  # PRUNE at the end: before the last batch
+    have = checkpoint.steps(parent / CHECKPOINT_DIR)
+    usable = [k for k in have if 1 <= k <= limit]
+    k = FLAGS.fork_at if FLAGS.fork_at is not None else (usable[-1] if usable else None)
+    if k not in usable:
+        raise cli.UserError(
+            f"--fork_at={k}: {flag} has checkpoint steps {have or 'none'}, and this run can start "
+            f"from steps 1..{limit} of it (fix: pass --fork_at=<one of "
+            f"{usable or 'none: rerun the parent with a checkpoint there'}>)"
+        )
+    record = {"workdir": str(parent), "batches": k, "label": old.get("label")}
+    return {
+        "checkpoint": ("orbax", parent / CHECKPOINT_DIR, k),
+        "baseline": base,
+        "fork": {"record": record, "dir": parent, "batches": k},
+    }
+
+
+def copy_fork(workdir: Path, fork: dict) -> None:
+    """Copies what the first `fork["batches"]` batches of the parent run wrote into `workdir`."""
+    if not writer():
+        return
+    parent, k = fork["dir"], fork["batches"]
+    if (parent / "baseline.json").exists():
+        shutil.copyfile(parent / "baseline.json", workdir / "baseline.json")
+    for name in (*FORK_ROWS, "retention.jsonl"):
+        rows = [r for r in read_jsonl(parent / name) if r["batch"] < k]
+        if rows:
+            write_jsonl(workdir / name, rows)
+    done_edits = k * FLAGS.batch_size
+    (workdir / "snapshots").mkdir(exist_ok=True)
+    for snap in sorted((parent / "snapshots").glob("edits_*.npz")):
+        if int(snap.stem.split("_")[1]) <= done_edits:
+            shutil.copyfile(snap, workdir / "snapshots" / snap.name)
+    (workdir / CHECKPOINT_DIR).mkdir(exist_ok=True)
+    shutil.copytree(parent / CHECKPOINT_DIR / str(k), workdir / CHECKPOINT_DIR / str(k))
+    logging.info("forked from %s after %d batches (%d edits)", parent, k, done_edits)
+
+
 # PRUNE at the end (regularize.prune_when="end"): it runs right after the last batch is applied, as
 # the official driver does, so that batch's line, snapshot, downstream point, checkpoint and the
 # final metrics all see the pruned model. The checkpoint after the last batch holds the pruned

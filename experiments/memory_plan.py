@@ -66,7 +66,11 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("num_layers", None, "Blocks (default: the architecture's).", lower_bound=1)
 flags.DEFINE_string("mesh", "data:1,model:8", "Mesh 'data:D,model:M'; several separated by spaces.")
-flags.DEFINE_string("method", "ENCORE", "MEMIT, MEMIT_seq, ENCORE, AlphaEdit, EMMET (comma list).")
+flags.DEFINE_string(
+    "method",
+    "ENCORE",
+    "MEMIT, MEMIT_seq, ENCORE, AlphaEdit, EMMET, MEMIT_lti, AlphaEdit_lti (comma list).",
+)
 flags.DEFINE_integer("batch_size", 100, "Requests per batch.", lower_bound=1)
 flags.DEFINE_integer(
     "search_requests",
@@ -89,6 +93,8 @@ def _gb(x: int) -> str:
 def _config(method: str, model: str):
     paper = {"llama3_8b", "llama2_7b", "gpt2_xl"}
     base = "llama3_8b" if model not in paper else model
+    if method in hparams.LTI_VARIANTS:  # LTI's search: its teacher pass and KL buffers
+        return hparams.lti_config(method, base)
     name = {"MEMIT_seq": "MEMIT"}.get(method, method)
     cfg = hparams.paper_config(name, base)
     if method == "MEMIT_seq":
@@ -178,7 +184,7 @@ def main(argv):
     for m in meshes:
         sharding.parse_mesh(m, _count(m))  # a bad spec is named here
     methods = [m.strip() for m in FLAGS.method.split(",") if m.strip()]
-    known = ("MEMIT", "MEMIT_seq", "ENCORE", "AlphaEdit", "EMMET")
+    known = ("MEMIT", "MEMIT_seq", "ENCORE", "AlphaEdit", "EMMET", "MEMIT_lti", "AlphaEdit_lti")
     for m in methods:
         if m not in known:
             raise cli.UserError(f"--method={m}: unknown (fix: one of {', '.join(known)})")

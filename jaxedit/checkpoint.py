@@ -95,16 +95,16 @@ def _fix(fix: str | None) -> str:
 
 
 def inspect(
-    directory: str | os.PathLike, *, fix: str | None = None
+    directory: str | os.PathLike, *, fix: str | None = None, step: int | None = None
 ) -> tuple[int, dict[str, Any], dict[str, jax.ShapeDtypeStruct]] | None:
-    """(step, meta, name -> shape and dtype) of the newest complete step in `directory`, read from
-    its metadata only (no array data); None when there is no complete step. A step whose metadata
-    cannot be read raises `CorruptFileError` naming it."""
+    """(step, meta, name -> shape and dtype) of the newest complete step in `directory` (or of
+    `step`), read from its metadata only (no array data); None when there is no such complete
+    step. A step whose metadata cannot be read raises `CorruptFileError` naming it."""
     ocp = _ocp()
     found = steps(directory)
-    if not found:
+    if not found or (step is not None and step not in found):
         return None
-    step = found[-1]
+    step = found[-1] if step is None else step
     with _manager(directory, create=False) as mngr:
         try:
             meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -135,14 +135,16 @@ def restore(
     template: Mapping[str, Any] | None = None,
     *,
     fix: str | None = None,
+    step: int | None = None,
 ) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
-    """(step, arrays, meta) of the newest complete step in `directory`, or None when there is none.
+    """(step, arrays, meta) of the newest complete step in `directory` (or of `step`), or None when
+    there is no such step.
     An array whose name, shape and dtype match an entry of `template` (name -> array or
     `jax.ShapeDtypeStruct`) is restored like it: a `jax.Array` with its sharding (each host reads
     only its shards), or numpy; every other saved array as numpy (so a caller can report a
     mismatch itself). A step that cannot be read raises `CorruptFileError` naming it."""
     ocp = _ocp()
-    found = inspect(directory, fix=fix)
+    found = inspect(directory, fix=fix, step=step)
     if found is None:
         return None
     step, meta, shapes = found

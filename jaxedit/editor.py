@@ -212,6 +212,7 @@ class Editor:
             target_prob=cat(*(r.target_prob for r in results)),
             loss=cat(*(r.loss for r in results)),
             history={k: cat(*(r.history[k] for r in results), axis=1) for k in results[0].history},
+            teacher_time=sum(r.teacher_time for r in results),
         )
         return res, infos
 
@@ -360,6 +361,7 @@ class Editor:
             },
             search_time=search_time,
             update_time=update_time,
+            teacher_time=float(res.teacher_time),
             prompts=infos[:n],
             regularizer=extra,
         )

@@ -5,6 +5,10 @@ weights), lowers and compiles each stage of one batch for `mesh` exactly as the 
 and reads XLA's own buffer assignment (`Compiled.memory_analysis()`): argument, temporary and
 output bytes per device. Stages:
 
+- `teacher` (LTI only): the teacher pass, one full forward of the prefixed rows (`r` × (rewriting
+  prompts + the KL prompt) at `teacher_len`), whose output — last-layer log-probabilities at the
+  target positions and the mid-layer logit lens, float32 over the vocabulary — stays resident
+  through the search as an input of the next two stages;
 - `search_prepare`: the clean pass over every search row (`r` requests × (rewriting prompts + the
   KL prompt)), which also caches the later blocks' keys and values;
 - `search_loop`: the jitted `lax.while_loop` (forward from the edited layer on the window, the
@@ -39,10 +43,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxedit import editor, search, sharding, solve, stats
+from jaxedit import editor, lti, search, sharding, solve, stats
 from jaxedit.config import EditConfig
 from jaxedit.models import ModelConfig, build_abstract, rewrite_path
-from jaxedit.prompts import KeyBatch, SearchBatch
+from jaxedit.prompts import KeyBatch, SearchBatch, TeacherBatch
 
 __all__ = ["HARDWARE", "Shapes", "advice", "fits", "plan"]
 
@@ -82,6 +86,8 @@ class Shapes:
       num_key_contexts: key prompts per request.
       stats_len: padded document length of a C0 step (rows = stats_tokens // stats_len).
       stats_tokens: padded tokens per C0 step.
+      teacher_len: padded length of LTI's teacher rows (the "Imagine that {prompt} {target}"
+        prefix and the prompt: about twice prompt_len).
     """
 
     batch_size: int = 100
@@ -92,6 +98,7 @@ class Shapes:
     num_key_contexts: int = 6
     stats_len: int = 512
     stats_tokens: int = 4096
+    teacher_len: int = 64
 
 
 def _named(mesh, spec) -> NamedSharding:
@@ -197,7 +204,9 @@ def plan(
     total_resident = sum(resident.values())
     stages: dict[str, dict[str, int]] = {}
     cache = {} if cache is None else cache
-    model_key = (config, str(dtype), tuple(mesh.shape.items()), cfg.layers, z, shapes, r)
+    hp = cfg.search
+    lti_key = (hp.lti, hp.midlayer) if hp.lti else None  # LTI's search is another program
+    model_key = (config, str(dtype), tuple(mesh.shape.items()), cfg.layers, z, shapes, r, lti_key)
 
     # XLA:CPU converts bf16 weights to float32 copies for its dots (see the module docstring):
     # compiled on CPU, each model pass is compiled once more with float32 weights (no converts) and
@@ -237,16 +246,33 @@ def plan(
         window_start=_rows((r, g), i32, mesh),
         window_len=w,
     )
-    hp = cfg.search
+    ref: Any = None  # LTI's teacher distributions, resident through the search
+    if hp.lti:
+        teacher = TeacherBatch(
+            input_ids=_rows((r, g, s.teacher_len), i32, mesh),
+            mask=_rows((r, g, s.teacher_len), i32, mesh),
+            target_pos=_rows((r, g, p), i32, mesh),
+            lookup=_rows((r, g), i32, mesh),
+        )
+        add(
+            "teacher",
+            lambda gd, ps: lti.teacher_log_probs.lower(gd, ps, teacher, hp.midlayer),
+            lambda: teacher,
+            model_pass=True,
+        )
+        ref = jax.eval_shape(
+            lambda tb: lti.teacher_log_probs(graphdef, params, tb, hp.midlayer), teacher
+        )
+        ref = _with_rows(ref, r, mesh)
     add(
         "search_prepare",
-        lambda gd, ps: search._prepare.lower(gd, ps, batch, hp, z),
-        lambda: batch,
+        lambda gd, ps: search._prepare.lower(gd, ps, batch, hp, z, ref),
+        lambda: (batch, ref),
         model_pass=True,
     )
 
     def loop_inputs(gd=graphdef, ps=params):
-        ctx, state = jax.eval_shape(lambda b: search._prepare(gd, ps, b, hp, z), batch)
+        ctx, state = jax.eval_shape(lambda b, t: search._prepare(gd, ps, b, hp, z, t), batch, ref)
         return _with_rows(ctx, r, mesh), _with_rows(state, r, mesh)
 
     def loop(gd, ps):

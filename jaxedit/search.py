@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -87,6 +88,8 @@ class SearchResult:
     target_prob: Array | np.ndarray
     loss: Array | np.ndarray  # final loss, [r]
     history: dict[str, Array | np.ndarray]
+    # seconds of LTI's teacher pass (0 without LTI; the first call includes its compilation)
+    teacher_time: float = dataclasses.field(default=0.0, metadata=dict(static=True))
 
 
 def _norm(x: Array) -> Array:
@@ -366,12 +369,16 @@ def search_targets(
     n = hp.num_steps
     data = sharding.data_size(mesh)
     batch = sharding.place_rows(mesh, batch)
-    lti_ref = None
+    lti_ref, teacher_time = None, 0.0
     if hp.lti:
         if teacher is None:
             raise ValueError("search.lti needs the teacher rows (prompts.build_teacher_batch)")
+        t0 = time.perf_counter()
         teacher = sharding.place_rows(mesh, teacher)
-        lti_ref = lti.teacher_log_probs(graphdef, params, teacher, hp.midlayer)
+        lti_ref = jax.block_until_ready(
+            lti.teacher_log_probs(graphdef, params, teacher, hp.midlayer)
+        )
+        teacher_time = time.perf_counter() - t0
     ctx, state = _prepare(graphdef, params, batch, hp, z_layer, lti_ref)
     h0 = ctx["h0"]
     out_keys = ("delta", "stop_step", "prob", "loss")
@@ -408,6 +415,7 @@ def search_targets(
         target_prob=jnp.asarray(out["prob"]),
         loss=jnp.asarray(out["loss"]),
         history={k: jnp.asarray(v) for k, v in history.items()},
+        teacher_time=teacher_time,
     )
 
 

@@ -62,13 +62,16 @@ class BatchReport:
     deltas: dict[int, np.ndarray]  # layer -> dW [f, d]
     delta_norm: dict[int, float]  # ‖dW_l‖_F
     weight_norm: dict[int, float]  # ‖W_l‖_F after the batch
-    search_time: float
+    search_time: float  # seconds, LTI's teacher pass included
     update_time: float
     prompts: list[dict]
+    teacher_time: float = 0.0  # seconds of LTI's teacher pass (part of search_time; 0 without)
     regularizer: dict = dataclasses.field(default_factory=dict)  # RECT / PRUNE records (JSON)
 
     def summary(self) -> dict:
-        extra = {"regularizer": self.regularizer} if self.regularizer else {}
+        extra: dict[str, Any] = {"regularizer": self.regularizer} if self.regularizer else {}
+        if self.teacher_time:
+            extra["teacher_time_s"] = self.teacher_time
         return {
             **extra,
             "case_ids": [c if isinstance(c, (int, str)) else str(c) for c in self.case_ids],

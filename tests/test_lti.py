@@ -283,7 +283,15 @@ def test_two_sequential_batches_in_the_editor(lm):
         assert set(rep.history) >= {"kl", "mid_kl"}
         assert np.isfinite(rep.history["mid_kl"][0]).all()
         assert all(np.abs(np.asarray(rep.deltas[layer])).max() > 0 for layer in (1, 2))
+        # the teacher pass is timed on its own, as a part of the search time
+        assert 0 < rep.teacher_time < rep.search_time
+        assert rep.summary()["teacher_time_s"] == rep.teacher_time
     assert state.num_edits == 4 and len(state.journal) == 2
+    # without LTI there is no teacher pass, and no teacher time in the batch's line
+    plain_cfg = dataclasses.replace(cfg, search=config.SearchConfig())
+    plain = editor.Editor(lm, plain_cfg, layer_stats, TEMPLATES)
+    _, rep = plain.apply(plain.init_state(), list(REQUESTS[:1]))
+    assert rep.teacher_time == 0 and "teacher_time_s" not in rep.summary()
 
 
 # --------------------------------------------------------------------------------------------------

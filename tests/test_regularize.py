@@ -487,3 +487,40 @@ def test_regularized_configs_validate():
         assert cfg.method == "MEMIT_seq" and cfg.search.mpes_patience == 4
     rect = config.load_config_file(ROOT / "configs" / "memit_rect_llama3_8b.py")
     assert rect.regularize == dataclasses.replace(config.RegularizeConfig(), rect_keep_percent=40.0)
+
+
+@pytest.mark.slow  # five small binary runs, ≈ 1.5 min on 2 cores
+def test_prune_at_end_forked_from_a_plain_run_equals_the_full_run(run_setup):
+    """--fork_from: a PRUNE-at-end run started from a plain run's checkpoint before its last batch
+    gives the same model as the PRUNE run from scratch, with the plain run's first lines; a fork
+    whose first batches would differ is refused, naming why."""
+    root = run_setup
+    plain = _edit(root, "plain", "--config.regularize.prune=false")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    fork = _edit(root, "fork", f"--fork_from={root / 'plain'}", f"--export_dir={root / 'fork_out'}")
+    assert fork.returncode == 0, fork.stderr[-3000:]
+    whole = _edit(root, "whole", f"--export_dir={root / 'whole_out'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    for a, b in zip(_exported(root / "fork_out"), _exported(root / "whole_out")):
+        np.testing.assert_array_equal(a, b)
+
+    def lines(run):
+        return [json.loads(l) for l in (root / run / "batches.jsonl").read_text().splitlines()]
+
+    assert lines("fork")[:2] == lines("plain")[:2]  # copied, times included
+    assert [("prune" in l) for l in lines("fork")] == [False, False, True]
+    run = json.loads((root / "fork" / "run.json").read_text())
+    assert run["forked_from"] == {
+        "workdir": str(root / "plain"),
+        "batches": 2,
+        "label": "MEMIT+MPES",
+    }
+    # Refused: another search setting (its first batches differ), a step at or after the last
+    # batch (PRUNE would be missing), and --fork_at alone; none leaves a run directory.
+    other = _edit(root, "bad1", f"--fork_from={root / 'plain'}", "--config.search.lr=0.1")
+    assert other.returncode == 2 and "differs from this one in config" in other.stderr
+    late = _edit(root, "bad2", f"--fork_from={root / 'plain'}", "--fork_at=3")
+    assert late.returncode == 2 and "--fork_at=3" in late.stderr and "steps 1..2" in late.stderr
+    alone = _edit(root, "bad3", "--fork_at=1")
+    assert alone.returncode == 2 and "--fork_at needs --fork_from" in alone.stderr
+    assert not any((root / f"bad{i}").exists() for i in (1, 2, 3))

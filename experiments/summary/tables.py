@@ -288,13 +288,15 @@ def mpes_table(runs: list[Run]) -> Table:
         Column("num_edits", "edits"),
         Column("mpes", "MPES"),
         Column("norm_lambda", "λ_n", lambda v: f"{float(v):g}"),
+        Column("regularizer", "LTI / RECT / PRUNE"),
         Column("mean_target_prob", "edited-fact prob.", f3d),
         Column("mean_steps", "search steps", f1d),
         Column("search_time_per_edit_s", "search s/edit", f3d),
+        Column("teacher_time_per_edit_s", "of it LTI teacher", f3d),
         Column("time_per_edit_s", "total s/edit", f3d),
         Column("steady_time_per_edit_s", "s/edit (batches 2..N)", f3d),
     ]
-    title = "2. MPES: search stop, probability and time"
+    title = "2. MPES, LTI and the regularizers: search stop, probability and time"
     table = Table("mpes", title, cols, caption=_MPES_CAPTION)
     for r in _with_batches(runs, table, "no batches.jsonl lines, skipped"):
         search = r.config.get("search") if isinstance(r.config.get("search"), dict) else {}
@@ -307,6 +309,8 @@ def mpes_table(runs: list[Run]) -> Table:
         ok_search = total_edits and all(x is not None for x in st) and all(s for s in sizes)
         ok_total = ok_search and all(x is not None for x in ut)
         steady = [b.get("time_per_edit_s") for b in r.batches[1:]]
+        teacher = [_num(b.get("teacher_time_s")) or 0.0 for b in r.batches]
+        reg = r.config.get("regularize") if isinstance(r.config.get("regularize"), dict) else {}
         row = {
             "run": r.label,
             "method": r.method,
@@ -314,17 +318,37 @@ def mpes_table(runs: list[Run]) -> Table:
             "mpes": None if patience is None else ("on" if patience > 0 else "off"),
             "mpes_patience": patience,
             "norm_lambda": _num(solve.get("norm_lambda")),
+            "regularizer": _regularizer_text(search, reg),
             "mean_target_prob": _mean(_flat(r.batches, "target_prob")),
             "mean_steps": _mean(_flat(r.batches, "stop_steps")),
             "search_time_per_edit_s": sum(st) / total_edits if ok_search else None,
+            "teacher_time_per_edit_s": sum(teacher) / total_edits if ok_search else None,
             "time_per_edit_s": (sum(st) + sum(ut)) / total_edits if ok_total else None,
             "steady_time_per_edit_s": _mean(steady),
             "num_batches": len(r.batches),
         }
         if len(r.batches) < 2:
             table.notes.append(f"{r.label}: only one batch, no steady-state time")
+        fork = r.info.get("forked_from") if isinstance(r.info.get("forked_from"), dict) else None
+        if fork:
+            table.notes.append(
+                f"{r.label}: forked from {fork.get('label')} after {fork.get('batches')} batches "
+                "(their lines, times included, are that run's)"
+            )
         table.rows.append(row)
     return table
+
+
+def _regularizer_text(search: dict, reg: dict) -> str:
+    """LTI (with its teacher positions), RECT (kept %), PRUNE (reference, when) of a config."""
+    parts = []
+    if search.get("lti"):
+        parts.append(f"LTI ({search.get('teacher_positions', 'official')})")
+    if _num(reg.get("rect_keep_percent")):
+        parts.append(f"RECT {float(reg['rect_keep_percent']):g} %")
+    if reg.get("prune"):
+        parts.append(f"PRUNE ({reg.get('prune_reference')}, {reg.get('prune_when')})")
+    return ", ".join(parts) or "—"
 
 
 def downstream_table(runs: list[Run], metric: str, number: str) -> Table:

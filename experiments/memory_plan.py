@@ -95,11 +95,7 @@ def _config(method: str, model: str):
     base = "llama3_8b" if model not in paper else model
     if method in hparams.LTI_VARIANTS:  # LTI's search: its teacher pass and KL buffers
         return hparams.lti_config(method, base)
-    name = {"MEMIT_seq": "MEMIT"}.get(method, method)
-    cfg = hparams.paper_config(name, base)
-    if method == "MEMIT_seq":
-        cfg = dataclasses.replace(cfg, method="MEMIT_seq")
-    return cfg
+    return hparams.paper_config(method, base)
 
 
 def one_plan(model: str, method: str, mesh_text: str, cache: dict) -> dict:

@@ -304,7 +304,8 @@ def test_mpes_table(result):
     assert p["num_edits"] == 2 and p["search_time_per_edit_s"] == pytest.approx(1.5)
     assert p["steady_time_per_edit_s"] is None
     md = result[1]["tables"]["mpes"].markdown()
-    assert "| ENCORE | ENCORE | 6 | on | 20 | 0.733 | 5.0 | 1.000 | 1.500 | 0.750 |" in md
+    row = "| ENCORE | ENCORE | 6 | on | 20 | — | 0.733 | 5.0 | 1.000 | 0.000 | 1.500 | 0.750 |"
+    assert row in md
 
 
 def test_downstream_tables(result):
@@ -558,3 +559,13 @@ def test_paired_differences_and_statement(paired):
     assert ed["A"]["ES_significant"] == "True" and float(ed["A"]["ES_hi"]) <= 100.0
     for name in ("heldout.png", "retention.png", "editing.png", "paired.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+
+
+def test_regularizer_column_names_lti_rect_and_prune():
+    from summary import tables
+
+    lti = {"lti": True, "teacher_positions": "aligned"}
+    reg = {"rect_keep_percent": 40.0, "prune": True, "prune_reference": "original"}
+    reg["prune_when"] = "end"
+    assert tables._regularizer_text(lti, reg) == "LTI (aligned), RECT 40 %, PRUNE (original, end)"
+    assert tables._regularizer_text({"lti": False}, {"rect_keep_percent": 0.0}) == "—"

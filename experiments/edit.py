@@ -376,6 +376,11 @@ def check_flags() -> None:
         raise cli.UserError(
             "--fork_at needs --fork_from (fix: pass the run directory to fork from, or drop it)"
         )
+    if FLAGS.fork_from and not (Path(FLAGS.fork_from) / "run.json").is_file():
+        raise cli.UserError(
+            f"--fork_from={FLAGS.fork_from} holds no run.json (fix: pass the --workdir of an "
+            "experiments/edit.py run)"
+        )
     if FLAGS.generation_pool and not Path(FLAGS.generation_pool).is_file():
         raise cli.UserError(
             f"--generation_pool={FLAGS.generation_pool}: no such file (fix: pass "

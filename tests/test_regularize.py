@@ -523,4 +523,6 @@ def test_prune_at_end_forked_from_a_plain_run_equals_the_full_run(run_setup):
     assert late.returncode == 2 and "--fork_at=3" in late.stderr and "steps 1..2" in late.stderr
     alone = _edit(root, "bad3", "--fork_at=1")
     assert alone.returncode == 2 and "--fork_at needs --fork_from" in alone.stderr
-    assert not any((root / f"bad{i}").exists() for i in (1, 2, 3))
+    nowhere = _edit(root, "bad4", f"--fork_from={root / 'nowhere'}")
+    assert nowhere.returncode == 2 and "holds no run.json" in nowhere.stderr
+    assert not any((root / f"bad{i}").exists() for i in (1, 2, 3, 4))

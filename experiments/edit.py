@@ -24,7 +24,9 @@ Interrupted runs resume from the checkpoint with the same command: lines written
 it are dropped and those batches redone (deterministic), so no edit is lost or applied twice, also
 after a SIGKILL at any moment (a checkpoint of the earlier `checkpoint.npz` format resumes too). A
 run directory is locked (`.lock`) while a run uses it: a second invocation on it is refused.
-`--max_batches` stops cleanly after that many batches of this invocation. `--evaluate_snapshots`
+`--max_batches` stops cleanly after that many batches of this invocation. `--fork_from=DIR` starts a
+new run from DIR's checkpoint after `--fork_at` batches, with DIR's results up to there, when the
+two runs agree on everything that acts before it (e.g. PRUNE at the end). `--evaluate_snapshots`
 fills in missing downstream tasks/activation points from the saved snapshots (e.g. a task added
 later). Bad input exits with status 2 and one message naming it and the fix (experiments/cli.py),
 checked before the model is loaded where it can be: nothing is edited or exported, a new run that

@@ -323,22 +323,6 @@ def data_root() -> Path:
     return paths.data_dir()
 
 
-def default_label(cfg: config_lib.EditConfig) -> str:
-    encore = cfg.method == "ENCORE"  # MPES and the norm constraint are part of its name
-    name = "MEMIT" if cfg.method == "MEMIT_seq" else cfg.method
-    if cfg.search.mpes_patience and not encore:
-        name += "+MPES"
-    if cfg.search.lti:
-        name += "+LTI" if cfg.search.teacher_positions == "official" else "+LTI(aligned)"
-    if cfg.solve.norm_lambda and not encore:
-        name += "+norm"
-    if cfg.regularize.rect:
-        name += "+RECT"
-    if cfg.regularize.prune:
-        name += "+PRUNE"
-    return name
-
-
 def resolve_config() -> config_lib.EditConfig:
     cfg = cli.config_file_from_flags()
     if FLAGS.hparams_json:
@@ -1051,7 +1035,7 @@ def prepare(workdir: Path):
     cfg.validate(model.config.num_layers)
 
     run = {
-        "label": FLAGS.label or default_label(cfg),
+        "label": FLAGS.label or config_lib.default_label(cfg),
         "config": config_lib.to_dict(cfg),
         "model": model.source,
         "dtype": str(model.dtype),

@@ -379,6 +379,27 @@ class EditConfig:
             )
 
 
+def default_label(cfg: EditConfig) -> str:
+    """A run's short name from its config: the method, then +MPES, +LTI, +norm, +RECT, +PRUNE as
+    they are on (ENCORE keeps MPES and the norm constraint in its name)."""
+    encore = cfg.method == "ENCORE"  # MPES and the norm constraint are part of its name
+    name = "MEMIT" if cfg.method == "MEMIT_seq" else cfg.method
+    if cfg.search.mpes_patience and not encore:
+        name += "+MPES"
+    if cfg.search.lti:
+        name += "+LTI" if cfg.search.teacher_positions == "official" else "+LTI(aligned)"
+    if cfg.solve.norm_lambda and not encore:
+        name += "+norm"
+    if cfg.regularize.rect:
+        name += "+RECT"
+    if cfg.regularize.prune:
+        reg = cfg.regularize
+        how = ["original"] if reg.prune_reference == "original" else []
+        how += ["every batch"] if reg.prune_when == "every_batch" else []
+        name += f"+PRUNE({', '.join(how)})" if how else "+PRUNE"
+    return name
+
+
 def from_reference_hparams(
     path_or_dict: str | os.PathLike | dict,
     base: EditConfig | None = None,

@@ -489,6 +489,36 @@ def test_regularized_configs_validate():
     assert rect.regularize == dataclasses.replace(config.RegularizeConfig(), rect_keep_percent=40.0)
 
 
+def test_default_labels_tell_the_comparison_runs_apart():
+    labels = {
+        name: config.default_label(config.load_config_file(ROOT / "configs" / f"{name}.py"))
+        for name in (
+            "encore_smollm2",
+            "memit_seq_smollm2",
+            "memit_mpes_smollm2",
+            "memit_prune_smollm2",
+            "memit_prune_original_smollm2",
+            "memit_rect_smollm2",
+            "memit_lti_smollm2",
+            "memit_lti_rect_smollm2",
+        )
+    }
+    assert labels == {
+        "encore_smollm2": "ENCORE",
+        "memit_seq_smollm2": "MEMIT",
+        "memit_mpes_smollm2": "MEMIT+MPES",
+        "memit_prune_smollm2": "MEMIT+MPES+PRUNE",
+        "memit_prune_original_smollm2": "MEMIT+MPES+PRUNE(original)",
+        "memit_rect_smollm2": "MEMIT+MPES+RECT",
+        "memit_lti_smollm2": "MEMIT+LTI",
+        "memit_lti_rect_smollm2": "MEMIT+LTI+RECT",
+    }
+    aligned = config.load_config_file(ROOT / "configs" / "memit_lti_smollm2.py")
+    aligned.search.teacher_positions = "aligned"
+    aligned.regularize.prune, aligned.regularize.prune_when = True, "every_batch"
+    assert config.default_label(aligned) == "MEMIT+LTI(aligned)+PRUNE(every batch)"
+
+
 @pytest.mark.slow  # five small binary runs, ≈ 1.5 min on 2 cores
 def test_prune_at_end_forked_from_a_plain_run_equals_the_full_run(run_setup):
     """--fork_from: a PRUNE-at-end run started from a plain run's checkpoint before its last batch

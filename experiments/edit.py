@@ -1230,6 +1230,9 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
             "time_per_edit_s": (rep.search_time + rep.update_time) / len(batch),
             **layer_norm_line(state.params, original, cfg, model.config),
         }
+        if pruned:  # the report's norms are the batch's, before PRUNE; the line's are after it
+            line["weight_norm_before_prune"] = line["weight_norm"]
+            line["weight_norm"] = {str(l): line["layer_norms"][l] for l in cfg.layers}
         edited = ed.edited_model(state)
         if FLAGS.evaluate and FLAGS.eval_batches:
             idx = range(i * FLAGS.batch_size, i * FLAGS.batch_size + len(batch))

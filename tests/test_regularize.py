@@ -450,6 +450,10 @@ def test_edit_binary_prunes_once_after_the_last_batch_and_resumes_safely(run_set
     lines = [json.loads(l) for l in (root / "full" / "batches.jsonl").read_text().splitlines()]
     assert [("prune" in l) for l in lines] == [False, False, True]
     assert set(lines[2]["prune"]["layers"]) == {"1", "2"}
+    # the last line's norms are the pruned model's (and those before PRUNE are kept beside them)
+    for layer, w in zip(LAYERS, _exported(root / "full_out")):
+        assert lines[2]["weight_norm"][str(layer)] == pytest.approx(np.linalg.norm(w), rel=1e-5)
+    assert set(lines[2]["weight_norm_before_prune"]) == {"1", "2"}
     assert json.loads((root / "full" / "run.json").read_text())["label"].endswith("+PRUNE")
     step, meta, _ = inspect_checkpoint(root / "full" / "checkpoint")
     assert step == 3 and meta["prune_applied"] is True

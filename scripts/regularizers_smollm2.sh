@@ -33,12 +33,8 @@ NUM=${NUM_EDITS:-1000}
 DATA=${JAXEDIT_DATA:-../shared/data}
 ONLY=${ONLY:-}  # e.g. ONLY=memit_lti,memit_rect runs just those
 mkdir -p "$RUNS"
-common=(--data_path="$DATA/counterfact/counterfact-edit.json" --num_edits="$NUM" --batch_size=100
-        --downstream=${TASKS:-sst2,mrpc,cola,rte,nli,mmlu} --downstream_every=2
-        --downstream_protocol=likelihood --downstream_tests=${DOWNSTREAM_TESTS:-300}
-        --heldout_text="$DATA/text/wikitext-2.valid.tokens.txt" --heldout_docs=200 --drift
-        --retention_every=2 --retention_sample=20
-        --final_fraction=1.0 --generation_fraction=0.2 --activation_texts=32)
+# shellcheck source=scripts/_protocol.sh
+source scripts/_protocol.sh  # `common`: the protocol's flags
 last=$(( (NUM + 99) / 100 - 1 ))  # the fork point: every batch but the last
 runs=(
   "memit_mpes|memit_mpes|"

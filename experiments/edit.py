@@ -1365,7 +1365,13 @@ def execute(workdir: Path, cfg, model, reqs, run, ed, ev, prior, reused) -> None
 # resumes from its own files. It is refused unless the two runs would have computed the same first
 # K batches: the same model, data, batches and evaluation settings, and configs that differ at most
 # in PRUNE applied at the end (it acts after the last batch only, so K must be before it).
-FORK_ROWS = ("batches.jsonl", "downstream.jsonl", "activation.jsonl", "heldout.jsonl")
+FORK_ROWS = (
+    "batches.jsonl",
+    "downstream.jsonl",
+    "activation.jsonl",
+    "heldout.jsonl",
+    "retention.jsonl",
+)
 
 
 def _config_key(cfg: dict, drop=()) -> str:
@@ -1398,7 +1404,8 @@ def fork_source(workdir: Path, run: dict, settings: dict, n: int) -> dict:
     if not same and _config_key(mine, prune) != _config_key(theirs, prune):
         diff.append("config (beyond PRUNE at the end)")
     at_end = [
-        not c["regularize"].get("prune") or c["regularize"].get("prune_when") == "end"
+        not c.get("regularize", {}).get("prune")
+        or c.get("regularize", {}).get("prune_when") == "end"
         for c in (mine, theirs)
     ]
     if not same and not all(at_end):
@@ -1435,7 +1442,7 @@ def copy_fork(workdir: Path, fork: dict) -> None:
     parent, k = fork["dir"], fork["batches"]
     if (parent / "baseline.json").exists():
         shutil.copyfile(parent / "baseline.json", workdir / "baseline.json")
-    for name in (*FORK_ROWS, "retention.jsonl"):
+    for name in FORK_ROWS:
         rows = [r for r in read_jsonl(parent / name) if r["batch"] < k]
         if rows:
             write_jsonl(workdir / name, rows)

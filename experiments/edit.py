@@ -522,6 +522,23 @@ def read_run_dir(workdir: Path) -> dict:
     return out
 
 
+def comparable_config(value: dict, *, templates: bool = True) -> dict:
+    """A run.json config with what does not tell two runs apart taken out or filled in."""
+    if not templates:
+        value = {k: v for k, v in value.items() if k != "templates"}
+    # How many requests are searched at once changes rounding only (like --mesh): a run may resume
+    # with another value; runs from before the field have none.
+    search = {k: v for k, v in value.get("search", {}).items() if k != "max_requests"}
+    # Runs from before LTI ran without it (its fields at their defaults, LTI off).
+    lti_off = config_lib.to_dict(config_lib.EditConfig())["search"]
+    search = {k: lti_off[k] for k in config_lib.LTI_FIELDS} | search
+    # Runs from before the regularizer section ran without one (all off).
+    regularize = (
+        value.get("regularize") or config_lib.to_dict(config_lib.EditConfig())["regularize"]
+    )
+    return {**value, "search": search, "regularize": regularize}
+
+
 def check_resumable(
     workdir: Path, old: dict | None, run: dict, keys=IDENTITY, *, templates: bool = True
 ) -> bool:
@@ -534,19 +551,7 @@ def check_resumable(
         if key == "dtype" and value is None:  # run.json of runs before --dtype: always float32
             value = "float32"
         if key == "config" and isinstance(value, dict):
-            if not templates:
-                value = {k: v for k, v in value.items() if k != "templates"}
-            # How many requests are searched at once changes rounding only (like --mesh): a run
-            # may resume with another value; runs from before the field have none.
-            search = {k: v for k, v in value.get("search", {}).items() if k != "max_requests"}
-            # Runs from before LTI ran without it (its fields at their defaults, LTI off).
-            lti_off = config_lib.to_dict(config_lib.EditConfig())["search"]
-            search = {k: lti_off[k] for k in config_lib.LTI_FIELDS} | search
-            value = {**value, "search": search}
-            # Runs from before the regularizer section ran without one (all off).
-            value.setdefault(
-                "regularize", config_lib.to_dict(config_lib.EditConfig())["regularize"]
-            )
+            value = comparable_config(value, templates=templates)
         return json.dumps(value, default=str, sort_keys=True)
 
     diff = [k for k in keys if norm(k, old.get(k)) != norm(k, run.get(k))]
@@ -1375,9 +1380,9 @@ FORK_ROWS = (
 
 
 def _config_key(cfg: dict, drop=()) -> str:
-    search = {k: v for k, v in cfg.get("search", {}).items() if k != "max_requests"}
-    reg = {k: v for k, v in cfg.get("regularize", {}).items() if k not in drop}
-    return json.dumps({**cfg, "search": search, "regularize": reg}, default=str, sort_keys=True)
+    cfg = comparable_config(cfg)
+    reg = {k: v for k, v in cfg["regularize"].items() if k not in drop}
+    return json.dumps({**cfg, "regularize": reg}, default=str, sort_keys=True)
 
 
 def fork_source(workdir: Path, run: dict, settings: dict, n: int) -> dict:
@@ -1403,11 +1408,8 @@ def fork_source(workdir: Path, run: dict, settings: dict, n: int) -> dict:
     same = _config_key(mine) == _config_key(theirs)
     if not same and _config_key(mine, prune) != _config_key(theirs, prune):
         diff.append("config (beyond PRUNE at the end)")
-    at_end = [
-        not c.get("regularize", {}).get("prune")
-        or c.get("regularize", {}).get("prune_when") == "end"
-        for c in (mine, theirs)
-    ]
+    regs = [comparable_config(c)["regularize"] for c in (mine, theirs)]
+    at_end = [not r.get("prune") or r.get("prune_when") == "end" for r in regs]
     if not same and not all(at_end):
         diff.append("config (PRUNE after every batch acts from the first batch)")
     if diff:

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from jaxedit.requests import load_requests
+
 official, shared, out, start, num = sys.argv[1:6]
 out_dir = Path(out)
 hp = json.loads((Path(official) / "hparams/MEMIT_lti/llama3-8b.json").read_text())
@@ -14,23 +16,22 @@ hp.update(v_loss_layer=29, midlayers=[14], mom2_n_samples=200, lm_head_module="m
 (out_dir / "memit_lti_smollm2.json").write_text(json.dumps(hp, indent=2))
 meta = json.loads((Path(shared) / "golden/meta.json").read_text())
 (out_dir / "templates.json").write_text(json.dumps(meta["context_templates"]))
-records = json.loads((Path(shared) / "data/counterfact/counterfact-edit.json").read_text())
-nested = []
-for r in records[int(start) : int(start) + int(num)]:
-    assert r["subject"] in r["prompt"], r
-    rewrite = {
-        "prompt": r["prompt"].replace(r["subject"], "{}", 1),
-        "subject": r["subject"],
-        "target_new": {"str": r["target_new"]},
-        "target_true": {"str": r["ground_truth"]},
+# jaxedit's own reading of the flattened file (subject -> "{}"), written in the nested layout.
+nested = [
+    {
+        "case_id": r.case_id,
+        "requested_rewrite": {
+            "prompt": r.prompt,
+            "subject": r.subject,
+            "target_new": {"str": r.target_new},
+            "target_true": {"str": r.target_true},
+        },
+        "paraphrase_prompts": list(r.paraphrase_prompts),
+        "neighborhood_prompts": list(r.neighborhood_prompts),
     }
-    nested.append(
-        {
-            "case_id": r["case_id"],
-            "requested_rewrite": rewrite,
-            "paraphrase_prompts": [r["rephrase_prompt"]],
-            "neighborhood_prompts": [r["locality_prompt"]],
-        }
+    for r in load_requests(
+        Path(shared) / "data/counterfact/counterfact-edit.json", int(start), int(num)
     )
+]
 (out_dir / "requests.json").write_text(json.dumps(nested, indent=1))
 print(f"{len(nested)} requests, case ids {[n['case_id'] for n in nested]}")

@@ -14,6 +14,9 @@
 #   memit_rect            MEMIT + MPES + RECT (keep the top 40 % of each update by relative change)
 #   memit_lti             MEMIT + LTI, teacher read at the official code's positions (the default)
 #   memit_lti_aligned     MEMIT + LTI, teacher read at the positions of the prefixed prompts
+#   memit_lti_bounded     MEMIT + LTI (official positions) with MEMIT's own search bounds (clamp
+#                         0.75, weight decay 0.5, 25 steps) instead of the official LTI JSON's
+#                         looser ones (4, 1e-3, 30): separates the KL terms from the looser search
 #
 # Both PRUNE runs apply PRUNE after the last batch only, so their first 900 edits are memit_mpes's
 # own: they are forked from its checkpoint after batch 9 (experiments/edit.py --fork_from, which
@@ -43,6 +46,7 @@ runs=(
   "memit_lti|memit_lti|"
   "memit_rect|memit_rect|"
   "memit_lti_aligned|memit_lti|--config.search.teacher_positions=aligned --label=MEMIT+LTI(aligned)"
+  "memit_lti_bounded|memit_lti|--config.search.clamp_norm_factor=0.75 --config.search.weight_decay=0.5 --config.search.num_steps=25 --label=MEMIT+LTI(MEMIT-bounds)"
 )
 for entry in "${runs[@]}"; do
   IFS='|' read -r name cfg extra <<< "$entry"
